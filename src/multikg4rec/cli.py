@@ -1,0 +1,189 @@
+"""Command line: ``multikg4rec train | data | features | explain | models``.
+
+Every user error is one line on stderr (exit 2), never a traceback; Ctrl-C
+during training saves a resumable checkpoint (exit 130).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from .config import CONFIG_ROOT, load_config, parse_value
+from .errors import UserError
+
+DATASETS_HELP = ("built-in layouts: ml-1m, lastfm-2k, amazon-book; any folder <data-dir>/<NAME>/ with RecBole atomic "
+                 "files NAME.inter [.kg .link .item] (e.g. ml-100k)")
+
+
+def _options_epilog() -> str:
+    """The documented config keys (from configs/default.yaml, with their comments)."""
+    lines = (CONFIG_ROOT / "default.yaml").read_text(encoding="utf-8").splitlines()
+    keys = [ln for ln in lines if ln and not ln.startswith("#") and ":" in ln]
+    from .models import available_models
+    return ("config keys (override any with --key value; model keys are in configs/model/<model>.yaml):\n  "
+            + "\n  ".join(keys)
+            + f"\n\nmodels: {', '.join(available_models())}\ndatasets: {DATASETS_HELP}\n"
+            "data root: --data-dir, else $MULTIKG4REC_DATA, else ./data\n\n"
+            "example:\n  multikg4rec train --model lightgcn --dataset ml-100k --epochs 50 --learning_rate 0.002")
+
+
+def _parse_overrides(rest: list[str]) -> dict:
+    out, i = {}, 0
+    while i < len(rest):
+        tok = rest[i]
+        if not tok.startswith("--"):
+            raise UserError(f"unexpected argument {tok!r} (options are --key value)")
+        key = tok[2:].replace("-", "_")
+        if "=" in key:
+            key, val = key.split("=", 1)
+            out[key] = parse_value(val)
+            i += 1
+            continue
+        if i + 1 >= len(rest) or rest[i + 1].startswith("--"):
+            raise UserError(f"option --{key} needs a value")
+        out[key] = parse_value(rest[i + 1])
+        i += 2
+    return out
+
+
+def cmd_train(args, rest) -> int:
+    from .training import run
+    overrides = _parse_overrides(rest)
+    for key in ("seed", "data_dir", "cache_dir", "output_dir", "threads"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    cfg = load_config(args.model.lower(), args.dataset, args.config, overrides)
+    res = run(cfg, run_dir=args.run_dir, restart=args.restart, quiet=args.quiet)
+    m = res.metrics
+    print(json.dumps({"run_dir": str(res.run_dir), "best_epoch": m["best_epoch"],
+                      "seconds_per_epoch": m["seconds_per_epoch"], "test": m["test"]}, indent=2))
+    return 0
+
+
+def cmd_data_info(args, rest) -> int:
+    from .data import load_dataset
+    from .data.sources import default_data_dir
+    names = args.names or sorted(p.name for p in Path(args.data_dir or default_data_dir()).iterdir() if p.is_dir())
+    for name in names:
+        cfg = load_config("bprmf", name, None, {"seed": args.seed} | _parse_overrides(rest))
+        ds = load_dataset(name, cfg, data_dir=args.data_dir, cache_dir=args.cache_dir)
+        stats = ds.stats()
+        try:
+            from .features import content_coverage
+            stats.update(content_coverage(name, args.data_dir, ds))
+        except ImportError:
+            pass
+        except UserError as e:
+            stats["content"] = f"unavailable ({e})"
+        width = max(len(k) for k in stats)
+        print(f"== {name}")
+        for k, v in stats.items():
+            print(f"  {k:<{width}}  {v}")
+        for note in ds.meta.get("notes", []):
+            print(f"  note: {note}")
+    return 0
+
+
+def cmd_data_download(args, rest) -> int:
+    from .data.download import download
+    download(args.name, args.data_dir, source=args.source)
+    return 0
+
+
+def cmd_models(args, rest) -> int:
+    from .models import available_models, get_model_class
+    for name in available_models():
+        cls = get_model_class(name)
+        doc = (cls.__module__ and sys.modules[cls.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name:<12} {doc[0] if doc else ''}")
+    return 0
+
+
+def cmd_explain(args, rest) -> int:
+    from .explain import explain_run
+    out = explain_run(args.run, args.user, out=args.out)
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="multikg4rec", description="Multi-KG4Rec and its baselines: knowledge graph + "
+                                "multimodal recommendation under one full-ranking protocol.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model, evaluate on valid each epoch, report test metrics",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_options_epilog(),
+                       description="Train MODEL on DATASET (early stopping on valid), then evaluate the best epoch "
+                                   "on test. Re-running the same command resumes an interrupted run and returns a "
+                                   "finished one at once.")
+    t.add_argument("--model", required=True, help="model name (see `multikg4rec models`)")
+    t.add_argument("--dataset", required=True, help="dataset name under the data root")
+    t.add_argument("--config", help="YAML file with config keys (overrides the packaged defaults)")
+    t.add_argument("--seed", type=int, help="seed for split, init, sampling (default 2024)")
+    t.add_argument("--data-dir", help="data root (default $MULTIKG4REC_DATA or ./data)")
+    t.add_argument("--cache-dir", help="processed-data cache (default $MULTIKG4REC_CACHE or ~/.cache/multikg4rec)")
+    t.add_argument("--output-dir", help="root of run directories (default ./runs)")
+    t.add_argument("--run-dir", help="exact run directory (default <output-dir>/<dataset>/<model>/seed<S>-<hash>)")
+    t.add_argument("--threads", type=int, help="torch threads")
+    t.add_argument("--restart", action="store_true", help="discard an existing checkpoint/result and start over")
+    t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    t.set_defaults(func=cmd_train)
+
+    d = sub.add_parser("data", help="dataset information and download")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    info = dsub.add_parser("info", help="Table-1 statistics of datasets (after preprocessing)",
+                           description="Print users, items, interactions, entities, relations, triples, items "
+                                       "linked to the KG and items with text/image. Extra --key value options "
+                                       "change preprocessing (e.g. --rating_threshold 4).")
+    info.add_argument("names", nargs="*", help="dataset names (default: every folder under the data root)")
+    info.add_argument("--data-dir")
+    info.add_argument("--cache-dir")
+    info.add_argument("--seed", type=int, default=2024)
+    info.set_defaults(func=cmd_data_info)
+    dl = dsub.add_parser("download", help="fetch a dataset from its official source (or a local copy of it)")
+    dl.add_argument("name")
+    dl.add_argument("--data-dir")
+    dl.add_argument("--source", help="local path or URL of the archive (default: the official URL)")
+    dl.set_defaults(func=cmd_data_download)
+
+    m = sub.add_parser("models", help="list the models")
+    m.set_defaults(func=cmd_models)
+
+    e = sub.add_parser("explain", help="per-user modality attention of a trained Multi-KG4Rec run (Fig. 4)")
+    e.add_argument("--run", required=True, help="run directory")
+    e.add_argument("--user", required=True, help="ORIGINAL user id")
+    e.add_argument("--out", help="where to write the plot/data (default <run>/explain)")
+    e.set_defaults(func=cmd_explain)
+
+    try:
+        from .features.cli import add_features_parser
+        add_features_parser(sub)
+    except ImportError:
+        pass
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    # SIGTERM (kill, a batch scheduler) stops like Ctrl-C: the last finished epoch is kept
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.func is not cmd_train and args.func is not cmd_data_info:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        return args.func(args, rest) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

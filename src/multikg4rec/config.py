@@ -1,0 +1,98 @@
+"""Configuration: plain dicts merged from YAML files and command-line overrides.
+
+Precedence (later wins)::
+
+    configs/default.yaml
+    configs/dataset/<dataset>.yaml
+    configs/model/<model>.yaml            (minus its `datasets:` section)
+    configs/model/<model>.yaml `datasets: {<dataset>: {...}}`
+    --config FILE                          (user file, any keys)
+    --key value                            (command line)
+
+Unknown keys are an error (a typo must not silently do nothing).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError
+
+CONFIG_ROOT = resources.files("multikg4rec") / "configs"
+
+#: keys that describe where/how a run happens, not what it computes (excluded from the run hash)
+NON_SEMANTIC_KEYS = {"threads", "output_dir", "data_dir", "cache_dir", "eval_batch_size", "quiet"}
+
+
+def _read_yaml(path) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8") if not hasattr(path, "read_text") else path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: invalid YAML: {str(e).splitlines()[0]}") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such config file") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a config file must be a mapping of key: value")
+    return data
+
+
+def _packaged(kind: str, name: str) -> dict:
+    f = CONFIG_ROOT / kind / f"{name}.yaml"
+    return _read_yaml(f) if f.is_file() else {}
+
+
+def parse_value(text: str):
+    """Command-line values are YAML scalars/lists: '0.01' -> 0.01, '[64,32]' -> [64, 32], 'null' -> None."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def known_keys(model: str | None = None) -> set[str]:
+    keys = set(_read_yaml(CONFIG_ROOT / "default.yaml"))
+    keys |= {"model", "dataset", "output_dir", "data_dir", "cache_dir", "quiet", "features"}
+    if model:
+        keys |= set(_packaged("model", model)) - {"datasets"}
+    return keys
+
+
+def load_config(model: str, dataset: str, config_file: str | None = None,
+                overrides: dict | None = None) -> dict:
+    """The resolved config of one run (a plain dict)."""
+    cfg = _read_yaml(CONFIG_ROOT / "default.yaml")
+    cfg.update(_packaged("dataset", dataset))
+    model_cfg = _packaged("model", model)
+    per_dataset = model_cfg.pop("datasets", {}) or {}
+    cfg.update(model_cfg)
+    cfg.update(per_dataset.get(dataset, {}) or {})
+    user = {}
+    if config_file:
+        user = _read_yaml(config_file)
+        user.pop("datasets", None)
+    user.update(overrides or {})
+    allowed = known_keys(model)
+    unknown = sorted(set(user) - allowed)
+    if unknown:
+        import difflib
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else k
+                 for k in unknown]
+        raise UserError(f"unknown option(s) for model {model!r}: {', '.join(hints)}")
+    cfg.update(user)
+    cfg["model"], cfg["dataset"] = model, dataset
+    return cfg
+
+
+def config_hash(cfg: dict) -> str:
+    """Hash of everything that changes a run's result."""
+    sem = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    return hashlib.sha1(json.dumps(sem, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def dump_config(cfg: dict, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=True), encoding="utf-8")

@@ -1,0 +1,9 @@
+"""Errors a user can fix. The CLI prints them as one line (no traceback)."""
+
+
+class UserError(Exception):
+    """Bad input: a missing dataset, a malformed file, an unknown option.
+
+    The message must say what is wrong and, where possible, where (file:line)
+    and what to do about it.
+    """

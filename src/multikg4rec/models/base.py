@@ -1,0 +1,82 @@
+"""The contract every model implements, so the trainer and the evaluator never
+special-case a model (after RecBole's ``AbstractRecommender``, kept flat).
+
+A model is built as ``Model(dataset, config)`` and must provide:
+
+* ``calculate_loss(batch) -> Tensor``: the CF loss of one BPR batch. ``batch`` has
+  ``users``, ``pos_items``, ``neg_items`` (int64, shape (B,)).
+* ``full_sort_predict(users) -> Tensor``: scores of ALL items, shape
+  (len(users), n_items). Called under ``torch.no_grad()`` in eval mode.
+
+Optional hooks (no-ops here):
+
+* ``calculate_kg_loss(batch)``: for models trained with a KG pass
+  (``uses_kg_loss = True``); ``batch`` has ``heads``, ``relations``,
+  ``pos_tails``, ``neg_tails`` over the ids of ``kg_train_triples()``.
+* ``kg_train_triples() -> (np.ndarray (n, 3), n_nodes)``: the triples the KG pass
+  samples (default: the whole CKG with inverses, as KGAT trains TransR on it);
+  node ids as in ``Dataset.ckg()``.
+* ``on_epoch_end(epoch)``: e.g. KGAT recomputes its attention.
+* ``prepare_eval()``: compute once what ``full_sort_predict`` reuses for every
+  batch of users (e.g. propagated embeddings); the cache is dropped at the next
+  ``train()``.
+* ``attention_report(user)``: per-modality attention for the case study.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Dataset
+
+
+class Recommender(nn.Module):
+    #: registry name, set by ``@register``
+    name: str = ""
+    #: the model cannot run without KG triples
+    requires_kg: bool = False
+    #: the trainer runs a KG pass (calculate_kg_loss) after each CF pass
+    uses_kg_loss: bool = False
+
+    def __init__(self, dataset: Dataset, config: dict):
+        super().__init__()
+        self.n_users = dataset.n_users
+        self.n_items = dataset.n_items
+        self.n_entities = dataset.n_entities
+        self.n_relations = dataset.n_relations
+        self.config = config
+        self.dataset = dataset
+        self._eval_cache = None
+
+    def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def calculate_kg_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no KG loss")
+
+    def kg_train_triples(self) -> tuple[np.ndarray, int]:
+        ckg = self.dataset.ckg()
+        triples = torch.stack([ckg.head, ckg.relation, ckg.tail], 1).numpy()
+        return triples, ckg.n_nodes
+
+    def on_epoch_end(self, epoch: int) -> None:
+        pass
+
+    def prepare_eval(self) -> None:
+        pass
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._eval_cache = None
+        return super().train(mode)
+
+    @staticmethod
+    def l2_reg(*tensors: torch.Tensor) -> torch.Tensor:
+        """Batch L2 term of SPEC §6 (lambda * ||Theta||^2 over the batch's embeddings),
+        as KGAT/LightGCN: sum of squares / 2, averaged over the batch."""
+        n = tensors[0].shape[0]
+        return sum(t.pow(2).sum() for t in tensors) / (2 * n)

@@ -1,0 +1,326 @@
+"""The one trainer: BPR (+ an alternating KG pass for KG models, SPEC §6),
+evaluation on valid every n epochs, early stopping on a valid metric (never on
+test), best checkpoint kept, resume after interruption, run artefacts.
+
+A run directory holds::
+
+    config.yaml          the resolved config
+    split/D.{train,valid,test}.inter   the split, ORIGINAL ids (RecBole benchmark_filename)
+    split/D.kg, D.link   the KG as used (KG datasets only)
+    log.jsonl            one line per epoch: loss, kg_loss, seconds, valid metrics
+    checkpoint.pt        resume state (last epoch): model, optimiser, RNGs, early-stopping state
+    best_model.pt        weights of the best valid epoch
+    metrics.json         valid and test metrics of the best epoch, best_epoch, seconds per epoch, peak memory
+    topk.tsv             per test user: original user id, then top-K original item ids in rank order
+    per_user_test.npz    per-user test metrics (for paired significance tests)
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import platform
+import random
+import resource
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .config import config_hash, dump_config
+from .data import Dataset, load_dataset
+from .data.atomic import write_atomic
+from .errors import UserError
+from .evaluation import Evaluator, format_metrics
+from .models import Recommender, get_model_class
+from .sampling import BPRSampler, KGSampler
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (ru_maxrss, KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_split(dataset: Dataset, out: Path) -> None:
+    """The split as RecBole atomic files with ORIGINAL ids (usable as RecBole's benchmark_filename)."""
+    out.mkdir(parents=True, exist_ok=True)
+    types = {"user_id": "token", "item_id": "token"}
+    for name in ("train", "valid", "test"):
+        pairs = dataset.split(name)
+        df = pd.DataFrame({"user_id": dataset.user_tokens[pairs[:, 0]], "item_id": dataset.item_tokens[pairs[:, 1]]})
+        write_atomic(df, out / f"{dataset.name}.{name}.inter", types)
+    if dataset.has_kg:
+        ent = dataset.entity_tokens.copy()
+        unlinked = np.flatnonzero(~dataset.item_linked)
+        ent[unlinked] = np.array([f"item:{t}" for t in dataset.item_tokens[unlinked]], dtype=object)
+        kg = pd.DataFrame({"head_id": ent[dataset.kg[:, 0]], "relation_id": dataset.relation_tokens[dataset.kg[:, 1]],
+                           "tail_id": ent[dataset.kg[:, 2]]})
+        write_atomic(kg, out / f"{dataset.name}.kg", {"head_id": "token", "relation_id": "token", "tail_id": "token"})
+        linked = np.flatnonzero(dataset.item_linked)
+        link = pd.DataFrame({"item_id": dataset.item_tokens[linked], "entity_id": ent[linked]})
+        write_atomic(link, out / f"{dataset.name}.link", {"item_id": "token", "entity_id": "token"})
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    model: Recommender | None = None
+    dataset: Dataset | None = None
+
+
+class Trainer:
+    """Fits one model on one dataset; see the module docstring for what it writes."""
+
+    def __init__(self, model: Recommender, dataset: Dataset, config: dict, run_dir: Path, quiet: bool = False):
+        self.model, self.dataset, self.config, self.run_dir, self.quiet = model, dataset, config, run_dir, quiet
+        self.evaluator = Evaluator(dataset.n_items, ks=tuple(config["topk"]), batch_size=config["eval_batch_size"])
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"],
+                                          weight_decay=config["weight_decay"])
+        self.rng = np.random.default_rng(config["seed"])
+        self.train_csr = dataset.csr("train")
+        self.valid_csr = dataset.csr("valid")
+        self.metric = config["valid_metric"]
+        # early-stopping state (restored on resume)
+        self.epoch = 0
+        self.best = -np.inf
+        self.best_epoch = -1
+        self.bad_evals = 0
+        self.train_seconds: list[float] = []
+        self.kg_sampler = None
+        if model.uses_kg_loss:
+            triples, n_nodes = model.kg_train_triples()
+            self.kg_sampler = KGSampler(triples, n_nodes, config["kg_batch_size"], self.rng)
+        self.cf_sampler = BPRSampler(dataset.train, dataset.n_items, config["batch_size"], self.rng)
+
+    # ---- state
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        _atomic_save({
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
+            "train_seconds": self.train_seconds, "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.config),
+        }, self.ckpt_path)
+
+    def load_checkpoint(self) -> bool:
+        if not self.ckpt_path.is_file():
+            return False
+        try:
+            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
+        except Exception as e:
+            log.warning("checkpoint %s unreadable (%s): starting over", self.ckpt_path, e)
+            return False
+        if state.get("config_hash") != config_hash(self.config):
+            raise UserError(f"{self.ckpt_path} was written with a different config; use --restart to start over")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
+        self.bad_evals, self.train_seconds = state["bad_evals"], state["train_seconds"]
+        self.rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        return True
+
+    # ---- one epoch
+    def _pass(self, sampler, loss_fn, desc: str) -> float:
+        total, n = 0.0, 0
+        bar = tqdm(sampler, total=len(sampler), desc=desc, leave=False, disable=self.quiet, dynamic_ncols=True)
+        for batch in bar:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(batch)
+            if not torch.isfinite(loss):
+                raise UserError(f"{desc}: the loss became {loss.item()} (try a lower learning_rate)")
+            loss.backward()
+            self.optimizer.step()
+            total += loss.item()
+            n += 1
+            bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
+        return total / max(n, 1)
+
+    def evaluate(self, split: str, **kw):
+        self.model.eval()
+        with torch.no_grad():
+            self.model.prepare_eval()
+            if split == "valid":
+                res = self.evaluator.evaluate(self.model.full_sort_predict, self.valid_csr, [self.train_csr], **kw)
+            else:
+                res = self.evaluator.evaluate(self.model.full_sort_predict, self.dataset.csr("test"),
+                                              [self.train_csr, self.valid_csr], **kw)
+        self.model.train()
+        return res
+
+    def fit(self) -> None:
+        cfg = self.config
+        if self.load_checkpoint():
+            self._say(f"resumed from {self.ckpt_path} after epoch {self.epoch} (best {self.metric} "
+                      f"{self.best:.4f} at epoch {self.best_epoch})")
+        if self.bad_evals >= cfg["patience"]:
+            return
+        self.model.train()
+        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as logf:
+            while self.epoch < cfg["epochs"]:
+                epoch = self.epoch + 1
+                t0 = time.perf_counter()
+                row = {"epoch": epoch, "loss": self._pass(self.cf_sampler, self.model.calculate_loss,
+                                                          f"epoch {epoch} CF")}
+                if self.kg_sampler is not None:
+                    row["kg_loss"] = self._pass(self.kg_sampler, self.model.calculate_kg_loss, f"epoch {epoch} KG")
+                self.model.on_epoch_end(epoch)
+                row["train_seconds"] = round(time.perf_counter() - t0, 3)
+                self.train_seconds.append(row["train_seconds"])
+                stop = False
+                if epoch % cfg["eval_every"] == 0 or epoch == cfg["epochs"]:
+                    t1 = time.perf_counter()
+                    valid = self.evaluate("valid").metrics
+                    row["eval_seconds"] = round(time.perf_counter() - t1, 3)
+                    row["valid"] = valid
+                    score = valid[self.metric]
+                    if score > self.best:
+                        self.best, self.best_epoch, self.bad_evals = score, epoch, 0
+                        _atomic_save({"model": self.model.state_dict(), "epoch": epoch},
+                                     self.run_dir / "best_model.pt")
+                    else:
+                        self.bad_evals += 1
+                        stop = self.bad_evals >= cfg["patience"]
+                self.epoch = epoch
+                self.save_checkpoint()
+                logf.write(json.dumps(row) + "\n")
+                logf.flush()
+                msg = f"epoch {epoch:3d}  loss {row['loss']:.4f}"
+                if "kg_loss" in row:
+                    msg += f"  kg {row['kg_loss']:.4f}"
+                msg += f"  {row['train_seconds']:.1f}s"
+                if "valid" in row:
+                    msg += f"  valid {self.metric} {row['valid'][self.metric]:.4f}" + (
+                        " *" if self.best_epoch == epoch else "")
+                self._say(msg)
+                if stop:
+                    self._say(f"early stop: no {self.metric} improvement on valid for {cfg['patience']} evaluations")
+                    break
+
+    def _say(self, msg: str) -> None:
+        if not self.quiet:
+            tqdm.write(msg)
+
+    def finish(self) -> dict:
+        """Reload the best epoch, evaluate valid and test once, write the artefacts."""
+        best = self.run_dir / "best_model.pt"
+        if best.is_file():
+            self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=False)["model"])
+        valid = self.evaluate("valid")
+        k = int(self.config["save_topk"])
+        test = self.evaluate("test", return_per_user=True, topk=k)
+        ds = self.dataset
+        with open(self.run_dir / "topk.tsv", "w", encoding="utf-8") as f:
+            for u, row in zip(ds.user_tokens[test.topk_users], test.topk):
+                f.write(u + "\t" + "\t".join(ds.item_tokens[row[row >= 0]]) + "\n")
+        np.savez_compressed(self.run_dir / "per_user_test.npz",
+                            **{k.replace("@", "_at_"): v for k, v in test.per_user.items()})
+        secs = self.train_seconds
+        metrics = {
+            "model": self.config["model"], "dataset": ds.name, "seed": self.config["seed"],
+            "valid": valid.metrics, "test": test.metrics,
+            "best_epoch": self.best_epoch, "epochs_run": self.epoch,
+            "seconds_per_epoch": round(float(np.mean(secs)), 3) if secs else None,
+            "train_seconds_total": round(float(np.sum(secs)), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "n_params": int(sum(p.numel() for p in self.model.parameters())),
+            "n_test_users": test.n_users, "config_hash": config_hash(self.config),
+            "encoder": self.config.get("encoder") if getattr(self.model, "uses_features", False) else None,
+            "commit": _git_commit(), "version": __version__, "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        tmp = self.run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        os.replace(tmp, self.run_dir / "metrics.json")
+        return metrics
+
+
+def default_run_dir(cfg: dict) -> Path:
+    root = Path(cfg.get("output_dir") or "runs")
+    return root / cfg["dataset"] / cfg["model"] / f"seed{cfg['seed']}-{config_hash(cfg)}"
+
+
+def build_model(cfg: dict, dataset: Dataset, features=None) -> Recommender:
+    cls = get_model_class(cfg["model"])
+    if cls.requires_kg and not dataset.has_kg:
+        raise UserError(f"model {cfg['model']!r} needs a knowledge graph; dataset {dataset.name!r} has none")
+    if getattr(cls, "uses_features", False):
+        if features is None and cfg.get("features") != "random":
+            from .features import load_model_features
+            features = load_model_features(dataset, cfg)
+        return cls(dataset, cfg, features=features)
+    return cls(dataset, cfg)
+
+
+def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, quiet: bool = False,
+        dataset: Dataset | None = None, features=None) -> RunResult:
+    """Train ``cfg['model']`` on ``cfg['dataset']`` and evaluate it: the Python API behind ``multikg4rec train``.
+
+    A finished run (``metrics.json`` present) is not redone unless ``restart``; an
+    unfinished one resumes from its checkpoint.
+    """
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg["threads"]))
+    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
+    done = run_dir / "metrics.json"
+    if done.is_file() and not restart:
+        return RunResult(run_dir, json.loads(done.read_text()))
+    if restart and run_dir.exists():
+        for f in ("checkpoint.pt", "best_model.pt", "metrics.json", "log.jsonl"):
+            (run_dir / f).unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = open(run_dir / ".lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"{run_dir} is in use by another running process") from None
+    seed_everything(cfg["seed"])
+    if dataset is None:
+        dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    dump_config(cfg, run_dir / "config.yaml")
+    write_split(dataset, run_dir / "split")
+    model = build_model(cfg, dataset, features)
+    trainer = Trainer(model, dataset, cfg, run_dir, quiet=quiet)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        raise UserError(f"interrupted after epoch {trainer.epoch}: state saved in {trainer.ckpt_path}; "
+                        f"run the same command again to resume") from None
+    metrics = trainer.finish()
+    if not quiet:
+        tqdm.write(f"best epoch {metrics['best_epoch']}  test: " + format_metrics(metrics["test"]))
+    return RunResult(run_dir, metrics, model, dataset)

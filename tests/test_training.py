@@ -1,0 +1,183 @@
+"""Trainer, samplers, config and CLI end to end on a small real slice."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from multikg4rec.cli import main
+from multikg4rec.config import load_config
+from multikg4rec.errors import UserError
+from multikg4rec.sampling import BPRSampler, KGSampler
+from multikg4rec.training import run
+
+
+# ---------------------------------------------------------------- samplers
+
+def test_bpr_negatives_never_train_positives():
+    rng = np.random.default_rng(0)
+    train = np.array([[u, i] for u in range(50) for i in range(0, 20, 1 + u % 3)])
+    s = BPRSampler(train, 25, 64, rng)
+    pos = {tuple(p) for p in train}
+    seen = 0
+    for b in s:
+        for u, n in zip(b["users"].tolist(), b["neg_items"].tolist()):
+            assert (u, n) not in pos and 0 <= n < 25
+        seen += len(b["users"])
+    assert seen == len(train) and len(s) == -(-len(train) // 64)
+
+
+def test_kg_corrupted_tails_are_not_true_triples():
+    rng = np.random.default_rng(1)
+    triples = np.array([[h, r, t] for h in range(30) for r in range(2) for t in range(h % 5 + 1, 12)])
+    s = KGSampler(triples, 12, 100, rng)
+    true = {tuple(t) for t in triples}
+    for b in s:
+        for h, r, n in zip(b["heads"].tolist(), b["relations"].tolist(), b["neg_tails"].tolist()):
+            assert (h, r, n) not in true
+
+
+def test_samplers_are_seeded():
+    train = np.array([[u, i] for u in range(20) for i in range(u % 7, 30, 3)])
+    a = [b["neg_items"] for b in BPRSampler(train, 40, 32, np.random.default_rng(5))]
+    b = [b["neg_items"] for b in BPRSampler(train, 40, 32, np.random.default_rng(5))]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+# ---------------------------------------------------------------- config
+
+def test_config_precedence_and_unknown_keys(tmp_path):
+    cfg = load_config("lightgcn", "ml-100k")
+    assert cfg["rating_threshold"] == 3 and cfg["n_layers"] == 3 and cfg["valid_metric"] == "ndcg@20"
+    f = tmp_path / "c.yaml"
+    f.write_text("n_layers: 2\nlearning_rate: 0.01\n")
+    cfg = load_config("lightgcn", "ml-100k", str(f), {"learning_rate": 0.005})
+    assert cfg["n_layers"] == 2 and cfg["learning_rate"] == 0.005
+    with pytest.raises(UserError, match="learning_rte .did you mean learning_rate"):
+        load_config("bprmf", "ml-100k", None, {"learning_rte": 0.1})
+
+
+# ---------------------------------------------------------------- trainer
+
+def _cfg(model, tmp_path, **kw):
+    cfg = load_config(model, "ml-100k", None, {"epochs": 2, "seed": 7, "output_dir": str(tmp_path)} | kw)
+    return cfg
+
+
+@pytest.mark.parametrize("model", ["bprmf", "lightgcn"])
+def test_one_model_trains_and_writes_artefacts(ml100k_small, tmp_path, model):
+    res = run(_cfg(model, tmp_path), dataset=ml100k_small, quiet=True)
+    d = res.run_dir
+    for f in ("config.yaml", "log.jsonl", "checkpoint.pt", "best_model.pt", "metrics.json", "topk.tsv",
+              "per_user_test.npz", "split/ml-100k.train.inter", "split/ml-100k.valid.inter",
+              "split/ml-100k.test.inter", "split/ml-100k.kg", "split/ml-100k.link"):
+        assert (d / f).is_file(), f
+    m = json.loads((d / "metrics.json").read_text())
+    assert set(m["test"]) >= {"recall@20", "mrr@20", "ndcg@20"} and m["best_epoch"] in (1, 2)
+    assert len((d / "log.jsonl").read_text().splitlines()) == 2
+    # split files use ORIGINAL ids and partition the data
+    tr = pd.read_csv(d / "split/ml-100k.train.inter", sep="\t", dtype=str)
+    te = pd.read_csv(d / "split/ml-100k.test.inter", sep="\t", dtype=str)
+    assert list(tr.columns) == ["user_id:token", "item_id:token"]
+    assert len(tr) == len(ml100k_small.train) and len(te) == len(ml100k_small.test)
+    assert set(tr["user_id:token"]) <= set(ml100k_small.user_tokens)
+    # topk.tsv: one line per test user, 50 original item ids, none of them a train item of that user
+    lines = (d / "topk.tsv").read_text().splitlines()
+    assert len(lines) == m["n_test_users"]
+    train_pairs = set(zip(tr["user_id:token"], tr["item_id:token"]))
+    for line in lines[:20]:
+        user, *items = line.split("\t")
+        assert len(items) == 50 and not any((user, i) in train_pairs for i in items)
+
+
+def test_metrics_recomputable_from_topk(ml100k_small, tmp_path):
+    """Anyone can recompute recall@20 from topk.tsv + the split, without our evaluator."""
+    res = run(_cfg("bprmf", tmp_path), dataset=ml100k_small, quiet=True)
+    d = res.run_dir
+    te = pd.read_csv(d / "split/ml-100k.test.inter", sep="\t", dtype=str)
+    rel = te.groupby("user_id:token")["item_id:token"].apply(set).to_dict()
+    recalls = []
+    for line in (d / "topk.tsv").read_text().splitlines():
+        user, *items = line.split("\t")
+        recalls.append(len(set(items[:20]) & rel[user]) / len(rel[user]))
+    assert np.mean(recalls) == pytest.approx(res.metrics["test"]["recall@20"], abs=1e-9)
+
+
+def test_same_seed_same_metrics_and_resume(ml100k_small, tmp_path):
+    a = run(_cfg("bprmf", tmp_path / "a", epochs=3), dataset=ml100k_small, quiet=True)
+    # interrupted after 2 epochs, then resumed to 3: identical to an uninterrupted run
+    b_cfg = _cfg("bprmf", tmp_path / "b", epochs=3)
+    b_dir = tmp_path / "b" / "run"
+    run(_cfg("bprmf", tmp_path / "b", epochs=2) | {"epochs": 2}, run_dir=b_dir, dataset=ml100k_small, quiet=True)
+    (b_dir / "metrics.json").unlink()  # as if stopped before finishing
+    ckpt = torch.load(b_dir / "checkpoint.pt", weights_only=False)
+    ckpt["config_hash"] = __import__("multikg4rec.config", fromlist=["x"]).config_hash(b_cfg)
+    torch.save(ckpt, b_dir / "checkpoint.pt")
+    b = run(b_cfg, run_dir=b_dir, dataset=ml100k_small, quiet=True)
+    assert b.metrics["epochs_run"] == 3
+    assert a.metrics["test"] == pytest.approx(b.metrics["test"], abs=1e-6)
+    # a finished run is returned, not redone
+    again = run(b_cfg, run_dir=b_dir, dataset=ml100k_small, quiet=True)
+    assert again.model is None and again.metrics["test"] == b.metrics["test"]
+
+
+def test_early_stopping_uses_valid_only(ml100k_small, tmp_path):
+    res = run(_cfg("bprmf", tmp_path, epochs=30, patience=2, learning_rate=0.05), dataset=ml100k_small, quiet=True)
+    log = [json.loads(l) for l in (res.run_dir / "log.jsonl").read_text().splitlines()]
+    best = max(log, key=lambda r: r["valid"]["ndcg@20"])
+    assert res.metrics["best_epoch"] == best["epoch"]
+    assert res.metrics["valid"]["ndcg@20"] == pytest.approx(best["valid"]["ndcg@20"], abs=1e-9)
+    assert all("test" not in r for r in log)
+    assert len(log) < 30 and len(log) - best["epoch"] == 2
+
+
+# ---------------------------------------------------------------- CLI
+
+def test_cli_train_end_to_end(data_dir, tmp_path, capsys):
+    rc = main(["train", "--model", "bprmf", "--dataset", "ml-100k", "--data-dir", str(data_dir),
+               "--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path / "runs"),
+               "--epochs", "1", "--quiet", "--embedding_size", "16"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 0 < out["test"]["recall@20"] < 1
+    cfg = (tmp_path / "runs").rglob("config.yaml").__next__().read_text()
+    assert "embedding_size: 16" in cfg
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "nope", "--dataset", "ml-100k"], "unknown model 'nope'"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--lr", "0.1"], "unknown option"),
+    (["train", "--model", "bprmf", "--dataset", "no-such-data"], "dataset 'no-such-data' not found"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs"], "--epochs needs a value"),
+])
+def test_cli_bad_input_is_one_line(data_dir, argv, message, capsys):
+    rc = main(argv + ["--data-dir", str(data_dir)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_kg_model_on_dataset_without_kg(data_dir, tmp_path, capsys):
+    d = tmp_path / "nokg"
+    d.mkdir()
+    (d / "nokg.inter").write_text("user_id:token\titem_id:token\n" + "".join(
+        f"{u}\t{(u + k) % 9}\n" for u in range(10) for k in range(4)))
+    rc = main(["train", "--model", "kgat", "--dataset", "nokg", "--data-dir", str(tmp_path),
+               "--cache-dir", str(tmp_path / "c"), "--output-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and ("needs a knowledge graph" in err or "unknown model" in err)
+
+
+def test_cli_data_info(data_dir, tmp_path, capsys):
+    assert main(["data", "info", "ml-1m", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "users" in out and "6040" in out and "items linked to KG" in out and "2347" in out
+
+
+def test_cli_help_lists_models_and_options(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert "bprmf" in out and "lightgcn" in out and "valid_metric" in out and "--data-dir" in out
