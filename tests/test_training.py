@@ -153,10 +153,11 @@ def test_cli_train_end_to_end(data_dir, tmp_path, capsys):
     (["train", "--model", "bprmf", "--dataset", "no-such-data"], "dataset 'no-such-data' not found"),
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs"], "--epochs needs a value"),
 ])
-def test_cli_bad_input_is_one_line(data_dir, argv, message, capsys):
-    rc = main(argv + ["--data-dir", str(data_dir)])
+def test_cli_bad_input_is_one_line(data_dir, tmp_path, argv, message, capsys):
+    rc = main(argv + ["--data-dir", str(data_dir), "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not any(tmp_path.rglob("config.yaml"))  # nothing half-created
 
 
 def test_cli_kg_model_on_dataset_without_kg(data_dir, tmp_path, capsys):

@@ -110,6 +110,37 @@ def cmd_explain(args, rest) -> int:
     return 0
 
 
+def _common_overrides(args, rest) -> dict:
+    common = _parse_overrides(rest)
+    for key in ("data_dir", "cache_dir", "output_dir", "threads"):
+        if getattr(args, key, None) is not None:
+            common[key] = getattr(args, key)
+    return common
+
+
+def cmd_reproduce(args, rest) -> int:
+    from .experiments import launch_background, reproduce, status
+    if args.table == "status":
+        for t in args.datasets or ["table2", "table3", "table4"]:
+            print(status(t, Path(args.results)))
+        return 0
+    if args.background:
+        argv = [a for a in (args.argv or []) if a != "--background"]
+        return launch_background(argv, Path(args.results) / args.table)
+    datasets = args.datasets or ["ml-100k", "ml-1m"]
+    reproduce(args.table, datasets, args.seeds, _common_overrides(args, rest), Path(args.results),
+              models=args.models, only_summarize=args.summarize)
+    return 0
+
+
+def cmd_tune(args, rest) -> int:
+    from .experiments import tune
+    best = tune(args.model, args.dataset, args.budget, _common_overrides(args, rest), Path(args.results),
+                seed=args.seed)
+    print(json.dumps({"best (chosen on valid NDCG@20)": best}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="multikg4rec", description="Multi-KG4Rec and its baselines: knowledge graph + "
                                 "multimodal recommendation under one full-ranking protocol.")
@@ -159,6 +190,39 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="where to write the plot/data (default <run>/explain)")
     e.set_defaults(func=cmd_explain)
 
+    r = sub.add_parser("reproduce", help="the paper's tables/figure as resumable sweeps (results/<table>/)",
+                       description="Run (or resume) every run a table needs, then write results/<table>/: runs.csv, "
+                                   "<table>.md (mean ± std over seeds, the paper's numbers, gaps, Wilcoxon test) "
+                                   "and PNG plots. Finished runs are never redone. `reproduce status` shows progress "
+                                   "of background sweeps. Extra --key value options apply to every run.")
+    r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "status"])
+    r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
+    r.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    r.add_argument("--models", nargs="+", help="table2 only: a subset of its models")
+    r.add_argument("--results", default="results", help="output root (default ./results)")
+    r.add_argument("--summarize", action="store_true", help="only tabulate finished runs, train nothing")
+    r.add_argument("--background", action="store_true", help="run detached; log in results/<table>/sweep.log")
+    r.add_argument("--data-dir")
+    r.add_argument("--cache-dir")
+    r.add_argument("--output-dir", help="root of run directories (default ./runs)")
+    r.add_argument("--threads", type=int)
+    r.set_defaults(func=cmd_reproduce)
+
+    tu = sub.add_parser("tune", help="grid search over the paper's space (batch, lr, lambda), chosen on valid",
+                        description="Visit up to --budget points of SPEC §6's grid in a seeded random order; each "
+                                    "point is a resumable run; the best on valid NDCG@20 is written to "
+                                    "results/tune/<model>_<dataset>.best.yaml (usable as --config).")
+    tu.add_argument("--model", required=True)
+    tu.add_argument("--dataset", required=True)
+    tu.add_argument("--budget", type=int, default=10)
+    tu.add_argument("--seed", type=int, default=0)
+    tu.add_argument("--results", default="results")
+    tu.add_argument("--data-dir")
+    tu.add_argument("--cache-dir")
+    tu.add_argument("--output-dir")
+    tu.add_argument("--threads", type=int)
+    tu.set_defaults(func=cmd_tune)
+
     try:
         from .features.cli import add_features_parser
         add_features_parser(sub)
@@ -173,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if rest and args.func is not cmd_train and args.func is not cmd_data_info:
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if rest and args.func not in (cmd_train, cmd_data_info, cmd_reproduce, cmd_tune):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         return args.func(args, rest) or 0

@@ -75,6 +75,7 @@ def load_config(model: str, dataset: str, config_file: str | None = None,
     if config_file:
         user = _read_yaml(config_file)
         user.pop("datasets", None)
+        user = {k: v for k, v in user.items() if not str(k).startswith("_")}  # "_key": annotations
     user.update(overrides or {})
     allowed = known_keys(model)
     unknown = sorted(set(user) - allowed)

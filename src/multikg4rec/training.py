@@ -299,28 +299,29 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     done = run_dir / "metrics.json"
     if done.is_file() and not restart:
         return RunResult(run_dir, json.loads(done.read_text()))
-    if restart and run_dir.exists():
-        for f in ("checkpoint.pt", "best_model.pt", "metrics.json", "log.jsonl"):
-            (run_dir / f).unlink(missing_ok=True)
+    # everything that can fail on bad input happens before the run directory is touched
+    seed_everything(cfg["seed"])
+    if dataset is None:
+        dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    model = build_model(cfg, dataset, features)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = open(run_dir / ".lock", "w")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise UserError(f"{run_dir} is in use by another running process") from None
-    seed_everything(cfg["seed"])
-    if dataset is None:
-        dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    if restart:
+        for f in ("checkpoint.pt", "best_model.pt", "metrics.json", "log.jsonl", "topk.tsv", "per_user_test.npz"):
+            (run_dir / f).unlink(missing_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
     write_split(dataset, run_dir / "split")
-    model = build_model(cfg, dataset, features)
     trainer = Trainer(model, dataset, cfg, run_dir, quiet=quiet)
     try:
         trainer.fit()
+        metrics = trainer.finish()
     except KeyboardInterrupt:
         raise UserError(f"interrupted after epoch {trainer.epoch}: state saved in {trainer.ckpt_path}; "
                         f"run the same command again to resume") from None
-    metrics = trainer.finish()
     if not quiet:
         tqdm.write(f"best epoch {metrics['best_epoch']}  test: " + format_metrics(metrics["test"]))
     return RunResult(run_dir, metrics, model, dataset)

@@ -1,0 +1,337 @@
+"""The paper's tables and figure as sweeps: ``multikg4rec reproduce table2|table3|table4|fig4``.
+
+A sweep is a list of jobs (model, dataset, seed, config overrides). Each job is an
+ordinary run (``training.run``) whose directory is determined by its config, so a
+sweep is resumable for free: finished runs are read back, interrupted ones resume
+from their checkpoint, and nothing finished is ever overwritten. Results go to
+``results/<table>/``: ``runs.csv`` (one row per run), ``<table>.md`` (mean ± std
+over seeds, the paper's numbers beside ours, relative gaps, a paired Wilcoxon test
+of Multi-KG4Rec against the best baseline on per-user test NDCG@20) and PNG plots.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import config_hash, load_config
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRICS = ("recall@20", "mrr@20", "ndcg@20")
+
+# SPEC §8 and the paper's Tables 3-4 (K = 20). "ML" is MovieLens-1M in the paper.
+PAPER = {
+    "table2": {
+        "ML": {"spectralcf": (0.2199, 0.3714, 0.2082), "convncf": (0.1815, 0.3405, 0.1794),
+               "kgat": (0.2489, 0.3941, 0.2303), "kgcn": (0.2268, 0.3783, 0.2165),
+               "cke": (0.2217, 0.3754, 0.2128), "mkgat": (0.2513, 0.3963, 0.2311),
+               "multikg4rec": (0.2552, 0.4077, 0.2383)},
+        "AB": {"spectralcf": (0.1327, 0.0541, 0.0602), "convncf": (0.0404, 0.0148, 0.0175),
+               "kgat": (0.1431, 0.0553, 0.0702), "kgcn": (0.1418, 0.0528, 0.0677),
+               "cke": (0.1324, 0.0491, 0.0612), "mkgat": (0.1477, 0.0560, 0.0707),
+               "multikg4rec": (0.1498, 0.0572, 0.0727)},
+    },
+    "table3": {"ML": {"w/o t&v": (0.2489, 0.3941, 0.2303), "w/o v": (0.2518, 0.4014, 0.2327),
+                      "w/o t": (0.2531, 0.4016, 0.2340), "Multi-KG4Rec": (0.2542, 0.4033, 0.2371)}},
+    "table4": {"ML": {"w/o t&v": (0.2453, 0.3907, 0.2251), "t2v": (0.2437, 0.3917, 0.2244),
+                      "v2t": (0.2444, 0.3944, 0.2227), "Multi-KG4Rec": (0.2552, 0.4077, 0.2383)},
+               "AB": {"w/o t&v": (0.1473, 0.0566, 0.0716), "t2v": (0.1428, 0.0514, 0.0674),
+                      "v2t": (0.1436, 0.0521, 0.0662), "Multi-KG4Rec": (0.1498, 0.0572, 0.0727)}},
+}
+PAPER_DATASET = {"ml-1m": "ML", "ml-100k": "ML", "amazon-book": "AB"}
+
+TABLE2_MODELS = ["bprmf", "lightgcn", "spectralcf", "convncf", "cke", "kgcn", "kgat", "mkgat", "multikg4rec"]
+KG_FREE = {"bprmf", "lightgcn", "spectralcf", "convncf"}
+
+
+@dataclass
+class Job:
+    label: str
+    model: str
+    dataset: str
+    seed: int
+    overrides: dict = field(default_factory=dict)
+
+    def config(self, common: dict) -> dict:
+        return load_config(self.model, self.dataset, None, {**common, **self.overrides, "seed": self.seed})
+
+
+def _modalities(dataset: str, common: dict) -> list[str]:
+    return list(load_config("multikg4rec", dataset, None, common)["modalities"])
+
+
+def table_jobs(table: str, datasets: list[str], seeds: list[int], common: dict,
+               models: list[str] | None = None) -> list[Job]:
+    jobs = []
+    for d in datasets:
+        for s in seeds:
+            if table == "table2":
+                for m in models or TABLE2_MODELS:
+                    if d == "amazon-book" and m not in KG_FREE and not _has_kg(d, common):
+                        continue
+                    jobs.append(Job(m, m, d, s))
+            elif table == "table3":
+                mods = _modalities(d, common)
+                text = [m for m in mods if m == "text"]
+                other = [m for m in mods if m != "text"]
+                for label, ms in (("Multi-KG4Rec", mods), ("w/o v", text), ("w/o t", other), ("w/o t&v", [])):
+                    jobs.append(Job(label, "multikg4rec", d, s, {"modalities": ms}))
+            elif table == "table4":
+                for label, fusion in (("Multi-KG4Rec", "bi"), ("t2v", "t2v"), ("v2t", "v2t")):
+                    jobs.append(Job(label, "multikg4rec", d, s, {"fusion": fusion}))
+                jobs.append(Job("w/o t&v", "multikg4rec", d, s, {"modalities": []}))
+            else:
+                raise UserError(f"unknown table {table!r}; choose table2, table3, table4 or fig4")
+    # identical configs (e.g. the full model in tables 3 and 4) share one run directory
+    return jobs
+
+
+def _has_kg(dataset: str, common: dict) -> bool:
+    from .data import load_dataset
+    cfg = load_config("bprmf", dataset, None, common)
+    return load_dataset(dataset, cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir")).has_kg
+
+
+# --------------------------------------------------------------------------- running
+
+def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file: Path | None = None) -> list[dict]:
+    """Run every job not finished yet, one after another; a failing job is logged and skipped."""
+    from tqdm.auto import tqdm
+
+    from .training import default_run_dir, run
+    rows = []
+    bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True)
+    for job in bar:
+        cfg = job.config(common)
+        rd = default_run_dir(cfg)
+        bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
+        if status_file:
+            status_file.write_text(json.dumps({"running": [job.label, job.dataset, job.seed, str(rd)],
+                                               "done": bar.n, "total": len(jobs), "time": time.time()}))
+        try:
+            res = run(cfg, quiet=quiet_runs)
+        except UserError as e:
+            tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
+            continue
+        rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
+    if status_file:
+        status_file.write_text(json.dumps({"running": None, "done": len(jobs), "total": len(jobs),
+                                           "time": time.time()}))
+    return rows
+
+
+def collect(jobs: list[Job], common: dict) -> list[dict]:
+    """Finished runs of the jobs (read from their run directories)."""
+    from .training import default_run_dir
+    rows = []
+    for job in jobs:
+        rd = default_run_dir(job.config(common))
+        f = rd / "metrics.json"
+        if f.is_file():
+            rows.append({"job": job, "run_dir": rd, "metrics": json.loads(f.read_text())})
+    return rows
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    cols = ["label", "model", "dataset", "seed", *METRICS, "valid_ndcg@20", "best_epoch", "epochs_run",
+            "seconds_per_epoch", "train_seconds_total", "peak_rss_mb", "encoder", "commit", "config_hash", "run_dir"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(cols)
+        for r in rows:
+            m, j = r["metrics"], r["job"]
+            w.writerow([j.label, j.model, j.dataset, j.seed, *[m["test"][k] for k in METRICS],
+                        m["valid"]["ndcg@20"], m["best_epoch"], m["epochs_run"], m["seconds_per_epoch"],
+                        m.get("train_seconds_total"), m["peak_rss_mb"], m.get("encoder"), m.get("commit"),
+                        m.get("config_hash"), str(r["run_dir"])])
+
+
+def _per_user(run_dir: Path, key: str = "ndcg_at_20") -> tuple[np.ndarray, np.ndarray]:
+    z = np.load(Path(run_dir) / "per_user_test.npz")
+    return z["users"], z[key]
+
+
+def paired_test(rows_a: list[dict], rows_b: list[dict]) -> dict | None:
+    """Wilcoxon signed-rank test on per-user test NDCG@20, pairs = (seed, user) present in both."""
+    from scipy.stats import wilcoxon
+    a_by_seed = {r["job"].seed: r for r in rows_a}
+    diffs = []
+    for r in rows_b:
+        if r["job"].seed not in a_by_seed:
+            continue
+        ua, va = _per_user(a_by_seed[r["job"].seed]["run_dir"])
+        ub, vb = _per_user(r["run_dir"])
+        common, ia, ib = np.intersect1d(ua, ub, return_indices=True)
+        diffs.append(va[ia] - vb[ib])
+    if not diffs:
+        return None
+    d = np.concatenate(diffs)
+    if not np.any(d):
+        return {"n_pairs": len(d), "mean_diff": 0.0, "p_value": 1.0}
+    stat = wilcoxon(d)
+    return {"n_pairs": int(len(d)), "mean_diff": float(d.mean()), "p_value": float(stat.pvalue)}
+
+
+def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multikg4rec") -> str:
+    """Markdown: mean ± std over seeds, paper numbers, relative gaps, significance; plus plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {table}", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `multikg4rec reproduce {table}` "
+             f"from {len(rows)} finished runs (`runs.csv`). Test metrics at K = 20 of the epoch chosen on valid "
+             f"NDCG@20; mean ± std over seeds. Paper = the paper's MovieLens (ML) or Amazon-Books (AB) column; "
+             f"gap = (ours - paper) / paper. Our KGs and features differ from the paper's (docs/results.md).", ""]
+    datasets = sorted({r["job"].dataset for r in rows})
+    for d in datasets:
+        drows = [r for r in rows if r["job"].dataset == d]
+        labels = list(dict.fromkeys(r["job"].label for r in drows))
+        paper = PAPER.get(table, {}).get(PAPER_DATASET.get(d, ""), {})
+        lines += [f"## {d}", "", "| model | seeds | Recall@20 | MRR@20 | NDCG@20 | paper R / M / N | gap NDCG | s/epoch | epochs |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        means = {}
+        for lab in labels:
+            rs = [r for r in drows if r["job"].label == lab]
+            vals = np.array([[r["metrics"]["test"][k] for k in METRICS] for r in rs])
+            mu, sd = vals.mean(0), vals.std(0, ddof=1) if len(rs) > 1 else np.zeros(3)
+            means[lab] = (mu, sd, rs)
+            p = paper.get(lab)
+            ptxt = " / ".join(f"{x:.4f}" for x in p) if p else "–"
+            gap = f"{(mu[2] - p[2]) / p[2] * 100:+.1f}%" if p else "–"
+            spe = np.mean([r["metrics"]["seconds_per_epoch"] or 0 for r in rs])
+            ep = np.mean([r["metrics"]["epochs_run"] for r in rs])
+            lines.append(f"| {lab} | {len(rs)} | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in zip(mu, sd))
+                         + f" | {ptxt} | {gap} | {spe:.1f} | {ep:.0f} |")
+        ours_label = "multikg4rec" if table == "table2" else "Multi-KG4Rec"
+        if ours_label in means and len(means) > 1:
+            others = {k: v for k, v in means.items() if k != ours_label}
+            best = max(others, key=lambda k: others[k][0][2])
+            t = paired_test(means[ours_label][2], others[best][2])
+            if t:
+                lines += ["", f"Paired Wilcoxon signed-rank test, per-user test NDCG@20 over (seed, user) pairs: "
+                              f"{ours_label} vs {best} (best other by mean NDCG@20): mean difference "
+                              f"{t['mean_diff']:+.4f}, n = {t['n_pairs']}, p = {t['p_value']:.3g}."]
+        lines.append("")
+        _bar_plot(means, d, out_dir / f"{table}_{d}.png", f"{table} on {d}")
+    text = "\n".join(lines) + "\n"
+    (out_dir / f"{table}.md").write_text(text)
+    return text
+
+
+def _bar_plot(means: dict, dataset: str, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(means)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels)), 3.4))
+    w = 0.27
+    for k, metric in enumerate(METRICS):
+        ax.bar(x + (k - 1) * w, [means[l][0][k] for l in labels], w, yerr=[means[l][1][k] for l in labels],
+               capsize=2, label=metric)
+    ax.set_xticks(x, labels, rotation=30, ha="right")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- hyper-parameter search
+
+#: SPEC §6: the paper's search space
+GRID = {"batch_size": [512, 1024, 2048], "learning_rate": [0.05, 0.01, 0.005, 0.001],
+        "reg_weight": [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]}
+
+
+def tune(model: str, dataset: str, budget: int, common: dict, out_root: Path = Path("results"),
+         grid: dict | None = None, seed: int = 0) -> dict:
+    """Grid search over ``grid`` (default: the paper's), visiting at most ``budget`` points in a
+    seeded random order; the choice is made on valid NDCG@20 only. Each point is an ordinary run,
+    so the search resumes where it stopped and never retrains a finished point."""
+    import itertools
+    import yaml
+    grid = grid or GRID
+    keys = sorted(grid)
+    points = list(itertools.product(*(grid[k] for k in keys)))
+    order = np.random.default_rng(seed).permutation(len(points))[:budget]
+    jobs = [Job(f"{model}[{i}]", model, dataset, seed, dict(zip(keys, points[i]))) for i in order]
+    run_jobs(jobs, common)
+    rows = collect(jobs, common)
+    if not rows:
+        raise UserError("no finished tuning runs")
+    out = out_root / "tune"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"{model}_{dataset}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([*keys, "valid_ndcg@20", "test_ndcg@20", "best_epoch", "run_dir"])
+        for r in rows:
+            w.writerow([*(r["job"].overrides[k] for k in keys), r["metrics"]["valid"]["ndcg@20"],
+                        r["metrics"]["test"]["ndcg@20"], r["metrics"]["best_epoch"], r["run_dir"]])
+    best = max(rows, key=lambda r: r["metrics"]["valid"]["ndcg@20"])
+    (out / f"{model}_{dataset}.best.yaml").write_text(yaml.safe_dump(
+        {**best["job"].overrides, "_valid_ndcg@20": best["metrics"]["valid"]["ndcg@20"],
+         "_points_tried": len(rows), "_grid_size": len(points)}))
+    return best["job"].overrides
+
+
+# --------------------------------------------------------------------------- entry points
+
+def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_root: Path = Path("results"),
+              models: list[str] | None = None, only_summarize: bool = False) -> Path:
+    out = out_root / table
+    out.mkdir(parents=True, exist_ok=True)
+    seed_list = list(range(seeds))
+    if table == "fig4":
+        from .explain import figure4
+        figure4(datasets, common, out)
+        return out
+    jobs = table_jobs(table, datasets, seed_list, common, models)
+    if not only_summarize:
+        run_jobs(jobs, common, status_file=out / "status.json")
+    rows = collect(jobs, common)
+    if not rows:
+        raise UserError(f"no finished runs for {table} yet")
+    write_csv(rows, out / "runs.csv")
+    print(summarize(table, rows, out))
+    return out
+
+
+def launch_background(argv: list[str], out: Path) -> int:
+    """Re-run this command detached from the terminal; its log goes to ``out/sweep.log``."""
+    out.mkdir(parents=True, exist_ok=True)
+    logf = open(out / "sweep.log", "a")
+    p = subprocess.Popen([sys.executable, "-m", "multikg4rec.cli", *argv], stdout=logf, stderr=subprocess.STDOUT,
+                         start_new_session=True, env=os.environ.copy())
+    (out / "sweep.pid").write_text(str(p.pid))
+    print(f"started in the background (pid {p.pid}); log: {out / 'sweep.log'}; "
+          f"progress: multikg4rec reproduce status {out.name}")
+    return 0
+
+
+def status(table: str, out_root: Path = Path("results")) -> str:
+    f = out_root / table / "status.json"
+    if not f.is_file():
+        return f"{table}: no sweep has run yet"
+    s = json.loads(f.read_text())
+    pid_f = out_root / table / "sweep.pid"
+    alive = False
+    if pid_f.is_file():
+        try:
+            os.kill(int(pid_f.read_text()), 0)
+            alive = True
+        except (OSError, ValueError):
+            pass
+    run = f"; running {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}" if s.get("running") else ""
+    return f"{table}: {s['done']}/{s['total']} runs done{run}; background process {'alive' if alive else 'not running'}"
+
+
+__all__ = ["Job", "table_jobs", "run_jobs", "collect", "summarize", "reproduce", "paired_test", "config_hash"]
