@@ -6,6 +6,7 @@ during training saves a resumable checkpoint (exit 130).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import signal
@@ -241,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     if rest and args.func not in (cmd_train, cmd_data_info, cmd_reproduce, cmd_tune):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        if len(inspect.signature(args.func).parameters) == 1:  # subcommands registered by features.cli
+            return args.func(args) or 0
         return args.func(args, rest) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
