@@ -11,7 +11,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MULTIKG4REC_DATA", REPO.parent / "shared" / "data"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# one thread: deterministic, and 2 threads on a shared 2-core machine are several times slower
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,118 @@
+"""KGAT: Knowledge Graph Attention Network.
+
+Wang, He, Cao, Liu, Chua, "KGAT: Knowledge Graph Attention Network for
+Recommendation", KDD 2019. Equations as numbered in the paper (and SPEC §2, §4-6):
+
+    g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2                       (Eq. 1, TransR)
+    L_KG = sum -ln sigma( g(h, r, t') - g(h, r, t) )                   (Eq. 2)
+    e_{N_h} = sum_{(h,r,t)} pi(h, r, t) e_t                            (Eq. 3)
+    pi(h, r, t) = (W_r e_t)^T tanh( W_r e_h + e_r ), softmax over h    (Eq. 4-5)
+    e_h^(l) = LeakyReLU(W1 (e_h + e_Nh)) + LeakyReLU(W2 (e_h * e_Nh))  (Eq. 8, Bi-Interaction)
+    e* = e^(0) || e^(1) || ... || e^(L)                                (Eq. 11)
+    y(u, i) = e_u*^T e_i*                                              (Eq. 12)
+    L_CF = sum -ln sigma( y(u, i) - y(u, j) )                           (Eq. 13)
+    L = L_KG + L_CF + lambda ||Theta||^2                               (Eq. 15)
+
+Training as the KGAT release: per epoch one CF pass (BPR over the propagated
+embeddings), one KG pass (TransR on the whole CKG with inverses, the default
+``kg_train_triples``), then the attention is recomputed with the current
+embeddings and TransR parameters (``on_epoch_end``) and held fixed for the next
+epoch; the CF loss does not differentiate through the attention (as the release,
+which feeds it as a constant). Before the first update the attention is uniform
+over each head's triples (the release's random-walk-normalised adjacency).
+
+Nodes: one embedding table over the CKG (``Dataset.ckg()`` ids: entities then
+users); item ``i`` is entity ``i``.
+
+Cost (bench/results/propagation.md): every CF step propagates over the whole CKG
+(ml-1m: 1.65M edges, ~0.47 s forward+backward on one busy core with the CSR SpMM of
+``layers.SparseAdjacency``), independent of the batch size; hence the ml-1m config's
+CF batch of 8192 (99 steps, ~78 s per epoch including the KG pass).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..layers import KGPropagation, KnowledgeAwareAttention, TransR
+from .base import Recommender
+
+
+class KGAT(Recommender):
+    name = "kgat"
+    requires_kg = True
+    uses_kg_loss = True
+
+    def __init__(self, dataset, config):
+        super().__init__(dataset, config)
+        d = int(config["embedding_size"])
+        self.reg_weight = float(config["reg_weight"])
+        self.kg_reg_weight = float(config["kg_reg_weight"])
+        self.use_attention = bool(config["attention"])
+        ckg = dataset.ckg()
+        self.n_nodes = ckg.n_nodes
+        # one table over CKG nodes: entities 0..n_entities-1 (items first), then users
+        self.node_emb = nn.Embedding(ckg.n_nodes, d)
+        nn.init.xavier_uniform_(self.node_emb.weight)
+        self.transr = TransR(ckg.n_relations, d, int(config["kg_embedding_size"]))
+        self.attention = KnowledgeAwareAttention(ckg.head, ckg.relation, ckg.tail, ckg.n_nodes)
+        self.propagation = KGPropagation(d, config["layers"], config["aggregator"], config["mess_dropout"])
+        # attention values in CSR order; a buffer so checkpoints resume with the same adjacency
+        self.register_buffer("att_values", self._uniform_attention())
+
+    # ---- attention
+    def _uniform_attention(self) -> torch.Tensor:
+        """1 / |N_h| for every triple of head h (before the first update; also the 'w/o att' ablation)."""
+        head = self.attention.head
+        deg = torch.bincount(head, minlength=self.n_nodes).float()
+        return 1.0 / deg[head]
+
+    @property
+    def adjacency(self):
+        """The attention adjacency over ``att_values`` (``with_values`` returns the same
+        object while they are unchanged, so its cached transpose serves a whole epoch)."""
+        return self.attention.structure.with_values(self.att_values)
+
+    @torch.no_grad()
+    def update_attention(self) -> None:
+        """Recompute pi(h, r, t) and its per-head softmax with the current parameters (Eq. 4-5)."""
+        if self.use_attention:
+            self.att_values.copy_(self.attention(self.node_emb.weight, self.transr).values)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.update_attention()
+
+    # ---- propagation and losses
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final embeddings (Eq. 11): users (n_users, d_out), items (n_items, d_out),
+        d_out = embedding_size + sum(layers)."""
+        out = self.propagation(self.node_emb.weight, self.adjacency)       # (n_nodes, d_out)
+        return out[self.n_entities:], out[: self.n_items]
+
+    def calculate_loss(self, batch):
+        users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
+        u_all, i_all = self.propagate()
+        # index_select: deterministic backward with repeated ids (see multikg4rec.layers)
+        u, p, n = u_all.index_select(0, users), i_all.index_select(0, pos), i_all.index_select(0, neg)
+        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()      # Eq. 12-13
+        ego = self.node_emb.weight
+        reg = self.l2_reg(ego.index_select(0, users + self.n_entities), ego.index_select(0, pos),
+                          ego.index_select(0, neg))                            # Eq. 15, lambda term
+        return bpr + self.reg_weight * reg
+
+    def calculate_kg_loss(self, batch):
+        emb = self.node_emb
+        return self.transr.loss(emb(batch["heads"]), batch["relations"], emb(batch["pos_tails"]),
+                                emb(batch["neg_tails"]), self.kg_reg_weight)  # Eq. 1-2
+
+    # ---- evaluation
+    def prepare_eval(self) -> None:
+        with torch.no_grad():
+            self._eval_cache = self.propagate()
+
+    def full_sort_predict(self, users):
+        if self._eval_cache is None:
+            self.prepare_eval()
+        u, i = self._eval_cache
+        return u[users] @ i.T                                               # Eq. 12

@@ -1,0 +1,274 @@
+"""Shared layers (multikg4rec.layers) against hand computation and plain loops."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from multikg4rec.layers import (Aggregator, KGPropagation, KnowledgeAwareAttention, SparseAdjacency, TransR,
+                                propagate, segment_softmax)
+
+
+def small_graph(seed=0, n=9, e=40, n_rel=4):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randint(0, n, (e,), generator=g)
+    t = torch.randint(0, n, (e,), generator=g)
+    r = torch.randint(0, n_rel, (e,), generator=g)
+    return h, r, t, n
+
+
+# --------------------------------------------------------------------------- TransR
+
+def test_transr_score_hand_computed():
+    tr = TransR(2, 2, 2)
+    with torch.no_grad():
+        tr.W[1] = torch.tensor([[1.0, 2.0], [0.0, 1.0]])   # row-vector projection: e @ W
+        tr.relation_emb[1] = torch.tensor([0.5, -1.0])
+    h = torch.tensor([[1.0, 1.0]])
+    t = torch.tensor([[2.0, 0.0]])
+    # W_r e_h = [1, 3], W_r e_t = [2, 4]; [1, 3] + [0.5, -1] - [2, 4] = [-0.5, -2] -> 0.25 + 4
+    assert tr.score(h, torch.tensor([1]), t).item() == pytest.approx(4.25)
+    assert tr.project(h, torch.tensor([1])).tolist() == [[1.0, 3.0]]
+
+
+def test_transr_loss_hand_computed():
+    tr = TransR(1, 2, 2)
+    with torch.no_grad():
+        tr.W[0] = torch.eye(2)
+        tr.relation_emb[0] = torch.tensor([1.0, 0.0])
+    h = torch.tensor([[0.0, 0.0]])
+    pos = torch.tensor([[1.0, 0.0]])   # g = 0
+    neg = torch.tensor([[0.0, 1.0]])   # g = ||[1, -1]||^2 = 2
+    r = torch.tensor([0])
+    assert tr.loss(h, r, pos, neg).item() == pytest.approx(-math.log(1 / (1 + math.exp(-2.0))), rel=1e-6)
+    # L2 term: (||W h||^2 + ||e_r||^2 + ||W t||^2 + ||W t'||^2) / (2 B) = (0 + 1 + 1 + 1) / 2
+    assert tr.loss(h, r, pos, neg, reg_weight=0.1).item() == pytest.approx(
+        -math.log(1 / (1 + math.exp(-2.0))) + 0.1 * 1.5, rel=1e-6)
+
+
+def test_transr_loss_gradient_flows_to_entities_and_relations():
+    torch.manual_seed(0)
+    tr = TransR(3, 4, 5)
+    h, t, n = (torch.randn(6, 4, requires_grad=True) for _ in range(3))
+    tr.loss(h, torch.tensor([0, 1, 2, 0, 1, 2]), t, n, 1e-3).backward()
+    for p in (h, t, n, tr.W, tr.relation_emb):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- softmax / sparse
+
+def test_segment_softmax_matches_loop():
+    torch.manual_seed(0)
+    src = torch.randn(30) * 5
+    idx = torch.randint(0, 6, (30,))
+    got = segment_softmax(src, idx, 7)  # segment 6 is empty
+    for k in range(7):
+        m = idx == k
+        if m.any():
+            assert torch.allclose(got[m], torch.softmax(src[m], 0), atol=1e-6)
+
+
+def test_segment_softmax_matches_pyg():
+    pyg = pytest.importorskip("torch_geometric.utils")
+    torch.manual_seed(1)
+    src, idx = torch.randn(50), torch.randint(0, 8, (50,))
+    assert torch.allclose(segment_softmax(src, idx, 8), pyg.softmax(src, idx, num_nodes=8), atol=1e-6)
+
+
+def test_sparse_adjacency_matches_dense_with_duplicates_and_gradients():
+    torch.manual_seed(0)
+    row = torch.tensor([0, 0, 2, 2, 1, 0])
+    col = torch.tensor([1, 1, 0, 2, 2, 0])     # (0, 1) twice: summed
+    vals = torch.rand(6, requires_grad=True)
+    adj = SparseAdjacency.from_edges(row, col, vals, (3, 3))
+    dense = torch.zeros(3, 3).index_put((row, col), vals, accumulate=True)
+    x = torch.randn(3, 4, requires_grad=True)
+    g = torch.randn(3, 4)
+    out = propagate(adj, x)
+    assert torch.allclose(out, dense @ x, atol=1e-6)
+    gx, gv = torch.autograd.grad((out * g).sum(), [x, vals])
+    gx_ref, gv_ref = torch.autograd.grad(((dense @ x) * g).sum(), [x, vals])
+    assert torch.allclose(gx, gx_ref, atol=1e-6) and torch.allclose(gv, gv_ref, atol=1e-6)
+    assert torch.allclose(adj.to_dense(), dense.detach())
+
+
+# --------------------------------------------------------------------------- attention
+
+def test_attention_scores_match_loop_and_rows_sum_to_one():
+    torch.manual_seed(0)
+    h, r, t, n = small_graph()
+    tr = TransR(4, 5, 3)
+    x = torch.randn(n, 5)
+    att = KnowledgeAwareAttention(h, r, t, n, chunk_size=7)   # several chunks
+    with torch.no_grad():
+        adj = att(x, tr)
+        pi = att.scores(x, tr)
+    # plain loop over triples, in the input order
+    loop = torch.stack([(x[t[e]] @ tr.W[r[e]]) @ torch.tanh(x[h[e]] @ tr.W[r[e]] + tr.relation_emb[r[e]])
+                        for e in range(len(h))]).detach()
+    assert torch.allclose(pi, loop[adj.perm], atol=1e-5)
+    # softmax over each head's triples, by a loop over heads
+    for node in range(n):
+        m = h == node
+        if m.any():
+            ref = torch.softmax(loop[m], 0)
+            got = adj.values[adj.perm.argsort()][m]
+            assert torch.allclose(got, ref, atol=1e-6)
+    sums = adj.row_sums()
+    has = torch.bincount(h, minlength=n) > 0
+    assert torch.allclose(sums[has], torch.ones(int(has.sum())), atol=1e-6)
+    assert (sums[~has] == 0).all()
+
+
+def test_attention_differentiable_path_equals_no_grad_path():
+    torch.manual_seed(0)
+    h, r, t, n = small_graph(1)
+    tr = TransR(4, 5, 3)
+    x = torch.randn(n, 5, requires_grad=True)
+    att = KnowledgeAwareAttention(h, r, t, n, chunk_size=16)
+    with torch.no_grad():
+        fast = att(x, tr).values
+    adj = att(x, tr)
+    assert torch.allclose(adj.values, fast, atol=1e-6)
+    propagate(adj, x).pow(2).sum().backward()       # through the values and the SpMM
+    assert x.grad.abs().sum() > 0 and tr.W.grad.abs().sum() > 0 and tr.relation_emb.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- aggregators
+
+def three_node_case():
+    """0 -> {1, 2} with weights 0.25 / 0.75; 1 -> {0}; 2 has no out-edge."""
+    adj = SparseAdjacency.from_edges(torch.tensor([0, 0, 1]), torch.tensor([1, 2, 0]),
+                                     torch.tensor([0.25, 0.75, 1.0]), (3, 3))
+    x = torch.tensor([[1.0, -1.0], [2.0, 0.0], [0.0, 4.0]])
+    nh = torch.tensor([[0.5, 3.0], [1.0, -1.0], [0.0, 0.0]])   # hand-computed A x
+    return adj, x, nh
+
+
+def set_linear(lin, w, b):
+    with torch.no_grad():
+        lin.weight.copy_(torch.tensor(w))
+        lin.bias.copy_(torch.tensor(b))
+
+
+def lrelu(z):
+    return torch.where(z > 0, z, 0.2 * z)
+
+
+def test_neighbourhood_by_hand():
+    adj, x, nh = three_node_case()
+    assert torch.allclose(propagate(adj, x), nh)
+
+
+def test_bi_interaction_by_hand():
+    adj, x, nh = three_node_case()
+    agg = Aggregator(2, 1, "bi-interaction", dropout=0.0)
+    set_linear(agg.W1, [[1.0, 1.0]], [0.0])
+    set_linear(agg.W2, [[1.0, -1.0]], [0.5])
+    out = agg(x, propagate(adj, x))
+    s, p = x + nh, x * nh
+    ref = lrelu(s[:, :1] + s[:, 1:]) + lrelu(p[:, :1] - p[:, 1:] + 0.5)
+    # node 0: sum (1.5, 2) -> 3.5; product (0.5, -3) -> 0.5 + 3 + 0.5 = 4 -> 7.5
+    assert out[0, 0].item() == pytest.approx(7.5)
+    assert torch.allclose(out, ref)
+
+
+def test_gcn_by_hand():
+    adj, x, nh = three_node_case()
+    agg = Aggregator(2, 1, "gcn", dropout=0.0)
+    set_linear(agg.W1, [[2.0, -1.0]], [-1.0])
+    out = agg(x, propagate(adj, x))
+    # node 1: e_h + e_Nh = (3, -1) -> 6 + 1 - 1 = 6; node 2: (0, 4) -> -4 - 1 = -5 -> -1
+    assert out[:, 0].tolist() == pytest.approx([lrelu(torch.tensor(2 * 1.5 - 2 - 1.0)).item(), 6.0, -1.0])
+
+
+def test_graphsage_by_hand():
+    adj, x, nh = three_node_case()
+    agg = Aggregator(2, 1, "graphsage", dropout=0.0)
+    set_linear(agg.W1, [[1.0, 0.0, 0.0, 1.0]], [0.0])   # e_h[0] + e_Nh[1]
+    out = agg(x, propagate(adj, x))
+    assert torch.allclose(out[:, 0], lrelu(x[:, 0] + nh[:, 1]))
+    assert out[:, 0].tolist() == pytest.approx([4.0, 1.0, 0.0])
+
+
+def test_unknown_aggregator():
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        Aggregator(2, 2, "mean")
+
+
+def test_propagation_shapes_normalisation_and_gradient():
+    torch.manual_seed(0)
+    h, r, t, n = small_graph()
+    tr = TransR(4, 8, 8)
+    x = torch.randn(n, 8, requires_grad=True)
+    with torch.no_grad():
+        adj = KnowledgeAwareAttention(h, r, t, n)(x, tr)
+    for kind in ("bi-interaction", "gcn", "graphsage"):
+        prop = KGPropagation(8, (8, 4, 2), kind, dropout=0.1)
+        out = prop(x, adj)
+        assert out.shape == (n, 8 + 8 + 4 + 2) and prop.out_dim == 22
+        assert torch.equal(out[:, :8], x)                             # layer 0 unchanged
+        for a, b in ((8, 16), (16, 20), (20, 22)):
+            norms = out[:, a:b].norm(dim=1)
+            assert torch.all(((norms - 1).abs() < 1e-5) | (norms < 1e-6))
+        x.grad = None
+        out.sum().backward()
+        assert x.grad.abs().sum() > 0
+        assert all(p.grad is not None for p in prop.parameters())
+
+
+def test_message_dropout_only_in_training():
+    torch.manual_seed(0)
+    _, x, _ = three_node_case()
+    adj, _, _ = three_node_case()
+    prop = KGPropagation(2, (4,), "bi-interaction", dropout=0.5)
+    prop.eval()
+    a, b = prop(x, adj), prop(x, adj)
+    assert torch.equal(a, b)
+    prop.train()
+    outs = [prop(x, adj) for _ in range(5)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+
+
+def test_layer_output_is_l2_normalised_not_next_input():
+    """KGAT feeds the un-normalised e^(l) to layer l+1 (only the concatenated copy is normalised)."""
+    torch.manual_seed(0)
+    adj, x, _ = three_node_case()
+    prop = KGPropagation(2, (3, 3), "gcn", dropout=0.0)
+    h1 = prop.layers[0](x, propagate(adj, x))
+    h2 = prop.layers[1](h1, propagate(adj, h1))
+    ref = torch.cat([x, F.normalize(h1, dim=1), F.normalize(h2, dim=1)], 1)
+    assert torch.allclose(prop(x, adj), ref, atol=1e-6)
+
+
+def test_cached_transpose_follows_in_place_value_changes():
+    row, col = torch.tensor([0, 1, 1]), torch.tensor([1, 0, 1])
+    vals = torch.tensor([1.0, 2.0, 3.0])
+    adj = SparseAdjacency.from_edges(row, col, vals, (2, 2), is_sorted=True)
+    x = torch.randn(2, 3, requires_grad=True)
+    propagate(adj, x).sum().backward()
+    g1 = x.grad.clone()
+    assert torch.allclose(g1, adj.to_dense().T @ torch.ones(2, 3))
+    with torch.no_grad():
+        vals.mul_(2.0)                                  # e.g. load_state_dict / attention update
+    x.grad = None
+    propagate(adj, x).sum().backward()
+    assert torch.allclose(x.grad, 2 * g1)
+
+
+def test_with_values_reuses_adjacency_until_values_change():
+    h, r, t, n = small_graph(2)
+    att = KnowledgeAwareAttention(h, r, t, n)
+    v1, v2 = torch.rand(len(h)), torch.rand(len(h))
+    a1 = att.structure.with_values(v1)
+    assert att.structure.with_values(v1) is a1
+    a2 = att.structure.with_values(v2)                 # a second table (another modality)
+    assert att.structure.with_values(v1) is a1 and att.structure.with_values(v2) is a2
+    with torch.no_grad():
+        v1.mul_(3.0)
+    a3 = att.structure.with_values(v1)
+    assert a3 is not a1
+    x = torch.randn(n, 4)
+    assert torch.allclose(propagate(a3, x), a3.to_dense() @ x, atol=1e-5)
