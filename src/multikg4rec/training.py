@@ -183,13 +183,14 @@ class Trainer:
 
     def fit(self) -> None:
         cfg = self.config
-        if self.load_checkpoint():
+        resumed = self.load_checkpoint()
+        if resumed:
             self._say(f"resumed from {self.ckpt_path} after epoch {self.epoch} (best {self.metric} "
                       f"{self.best:.4f} at epoch {self.best_epoch})")
         if self.bad_evals >= cfg["patience"]:
             return
         self.model.train()
-        with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as logf:
+        with open(self.run_dir / "log.jsonl", "a" if resumed else "w", encoding="utf-8") as logf:
             while self.epoch < cfg["epochs"]:
                 epoch = self.epoch + 1
                 t0 = time.perf_counter()
