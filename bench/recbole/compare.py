@@ -1,0 +1,326 @@
+#!/usr/bin/env python
+"""Ours vs RecBole 1.2.1 on the SAME split: a side-by-side markdown table.
+
+Runs in OUR venv (.venv); RecBole runs in its own (bench/.venv-recbole, made by bench/recbole/setup.sh)
+through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/split``).
+
+    MULTIKG4REC_DATA=/work/shared/data .venv/bin/python bench/recbole/compare.py \\
+        --dataset ml-100k --models bprmf,lightgcn --seeds 2024 --threads 1
+
+* ``--models``: our model names (RecBole's counterpart from ``PAIRS``) or ``ours:RecBoleName`` pairs.
+* Ours is trained with ``multikg4rec.training.run(load_config(...))`` in a child process (so peak RSS is
+  that run's alone); a finished run directory is read, not redone.
+* ``--recbole-only``: do not train ours; only write the run directory's ``config.yaml`` and ``split/``
+  (the split does not depend on the model) and run RecBole on it; ours shows as "not run".
+* ``--epochs N`` caps BOTH frameworks (timing-only runs, e.g. on ml-1m); the table says so.
+* ``--set KEY=YAML`` overrides OUR config (a separate run directory); RecBole gets the value through the
+  mapping of run_recbole.py (e.g. ``--set patience=30`` -> ``stopping_step: 29``). The row is labelled with it.
+* ``--check-eval`` also scores RecBole's best model with OUR evaluator (bench/recbole/check_eval.py).
+* The table is ``bench/results/recbole_<dataset>.md``. Rows accumulate across invocations: the file embeds
+  its rows as JSON (an HTML comment) and a new result replaces the row of the same (model, seed,
+  variant); each row's command, date and machine are listed under the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+DEFAULT_RECBOLE_PY = ROOT / "bench" / ".venv-recbole" / "bin" / "python"
+
+# our model -> RecBole model
+PAIRS = {"bprmf": "BPR", "lightgcn": "LightGCN", "kgat": "KGAT", "cke": "CKE", "kgcn": "KGCN",
+         "spectralcf": "SpectralCF", "convncf": "ConvNCF"}
+METRICS = ("recall@20", "mrr@20", "ndcg@20")
+ROWS_TAG = "<!-- recbole-compare rows:"
+
+
+# --------------------------------------------------------------------------- child: one run of ours
+def _ours_child(spec: dict) -> None:
+    """In a fresh process: train (or read) one run of ours, or only write its split; print a JSON line."""
+    from multikg4rec.config import dump_config, load_config
+    from multikg4rec.training import default_run_dir, run, write_split
+
+    cfg = load_config(spec["model"], spec["dataset"], overrides=spec["overrides"])
+    if spec["split_only"]:
+        from multikg4rec.data import load_dataset
+        run_dir = default_run_dir(cfg)
+        if not (run_dir / "split").is_dir() or not (run_dir / "config.yaml").is_file():
+            ds = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_config(cfg, run_dir / "config.yaml")
+            write_split(ds, run_dir / "split")
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    else:
+        reused = (default_run_dir(cfg) / "metrics.json").is_file() and not spec.get("restart")
+        res = run(cfg, quiet=True, restart=bool(spec.get("restart")))
+        run_dir, metrics = res.run_dir, res.metrics
+        if metrics:
+            metrics["reused"] = reused
+    print(json.dumps({"run_dir": str(Path(run_dir).resolve()), "metrics": metrics}), flush=True)
+
+
+def run_ours(model: str, dataset: str, seed: int, args) -> dict:
+    overrides = {"seed": seed, "output_dir": args.output_dir}
+    if args.threads:
+        overrides["threads"] = args.threads
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    overrides.update(args.overrides)
+    spec = {"model": model, "dataset": dataset, "overrides": overrides, "split_only": args.recbole_only,
+            "restart": args.restart_ours}
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_ours-child", json.dumps(spec)],
+                       cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"compare: our {model} failed (exit {p.returncode})")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out
+
+
+def run_recbole(recbole_model: str, run_dir: str, seed: int, args) -> dict:
+    cmd = [str(args.recbole_python), str(HERE / "run_recbole.py"), "--run-dir", run_dir, "--model", recbole_model,
+           "--seed", str(seed), "--threads", str(args.threads or 1), "--out", str(ROOT / "bench" / "out" / "recbole")]
+    if args.epochs:
+        cmd += ["--epochs", str(args.epochs)]
+    if args.check_eval:
+        cmd += ["--dump-scores", str(ROOT / "bench" / "out" / "recbole" / f"scores_{recbole_model}_{Path(run_dir).name}.npz")]
+    for kv in args.recbole_set:
+        cmd += ["--set", kv]
+    env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    print("compare: " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
+    if p.returncode != 0:
+        raise SystemExit(f"compare: RecBole {recbole_model} failed (exit {p.returncode})")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def check_eval(recbole_model: str, run_dir: str, seed: int, dataset: str) -> float | None:
+    """Our evaluator on RecBole's dumped scores: max |ours - RecBole's reported| over the test metrics."""
+    out = ROOT / "bench" / "out" / "recbole"
+    p = subprocess.run([sys.executable, str(HERE / "check_eval.py"), "--run-dir", run_dir,
+                        "--scores", str(out / f"scores_{recbole_model}_{Path(run_dir).name}.npz"),
+                        "--recbole-json", str(out / f"recbole_{recbole_model}_{dataset}_seed{seed}.json")],
+                       cwd=ROOT, capture_output=True, text=True)
+    print(p.stdout, p.stderr, file=sys.stderr, flush=True)
+    diffs = [abs(float(line.split()[-1])) for line in p.stdout.splitlines()[1:] if line.strip()]
+    return max(diffs) if diffs else None
+
+
+# --------------------------------------------------------------------------- machine
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"nproc {os.cpu_count()}, {cpu}; Python {platform.python_version()}, ours torch {torch.__version__}; "
+            f"1-min load {load:.2f} at the end")
+
+
+def utc_date() -> str:
+    try:
+        return subprocess.run(["date", "-u"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return time.strftime("%a %b %d %H:%M:%S UTC %Y", time.gmtime())
+
+
+# --------------------------------------------------------------------------- table
+def read_rows(md: Path) -> list[dict]:
+    if not md.is_file():
+        return []
+    for line in md.read_text(encoding="utf-8").splitlines():
+        if line.startswith(ROWS_TAG):
+            return json.loads(line[len(ROWS_TAG):].rsplit("-->", 1)[0])
+    return []
+
+
+def _f(v, nd=4):
+    return "-" if v is None else f"{v:.{nd}f}"
+
+
+def _mean_sd(vals):
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def render(dataset: str, rows: list[dict]) -> str:
+    order = list(PAIRS)
+    rows = sorted(rows, key=lambda r: (order.index(r["ours"]) if r["ours"] in order else 99, r["ours"],
+                                       r.get("variant") or "", r["seed"]))
+    out = [f"# Ours vs RecBole 1.2.1 on {dataset} (same split, full ranking)", "",
+           "Each pair is trained on the SAME train/valid/test files: ours writes `split/` into its run directory "
+           "and RecBole loads it with `benchmark_filename: [train, valid, test]` (bench/recbole/run_recbole.py). "
+           "Both rank every item except the user's train (and, for test, valid) items; early stopping on valid "
+           "NDCG@20 with the same patience; test metrics of the best valid epoch. Hyper-parameters are ours, "
+           "mapped onto RecBole's (bench/recbole/README.md lists the mapping and the deliberate differences). "
+           "`variant`: config overrides of that row (for both frameworks), `-` = our defaults.", "",
+           "| model (ours / RecBole) | variant | seed | framework | Recall@20 | MRR@20 | NDCG@20 | best / run epochs "
+           "| s/epoch | RecBole s/epoch ÷ ours | peak RSS MB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    checks, reused = [], []
+    for r in rows:
+        o, b = r.get("ours_result"), r.get("recbole_result")
+        name = f"{r['ours']} / {r['recbole']}"
+        var = r.get("variant") or "-"
+        lead = f"| {name} | {var} | {r['seed']}"
+        if o:
+            dag = ""
+            if o.get("reused"):
+                dag = " †"
+                reused.append(f"{name} ({var}, seed {r['seed']}): trained {o.get('finished', '?')}")
+            out.append(f"{lead} | ours | " + " | ".join(_f(o["test"].get(m)) for m in METRICS)
+                       + f" | {o['best_epoch']} / {o['epochs_run']} | {_f(o['seconds_per_epoch'], 3)}{dag} | | "
+                       f"{_f(o['peak_rss_mb'], 0)} |")
+        else:
+            out.append(f"{lead} | ours | not run | | | | | | |")
+        if b:
+            ratio = (b["seconds_per_epoch"] / o["seconds_per_epoch"]
+                     if o and o.get("seconds_per_epoch") and b.get("seconds_per_epoch") else None)
+            out.append(f"{lead} | RecBole | " + " | ".join(_f(b["test"].get(m)) for m in METRICS)
+                       + f" | {b['best_epoch']} / {b['epochs_run']} | {_f(b['seconds_per_epoch'], 3)} | "
+                       f"{_f(ratio, 2)}{'x' if ratio else ''} | {_f(b['peak_rss_mb'], 0)} |")
+        if r.get("eval_agreement") is not None:
+            checks.append(f"{name} ({var}, seed {r['seed']}): max |diff| {r['eval_agreement']:.1e}")
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["ours"], r["recbole"], r.get("variant")), []).append(r)
+    multi = {k: v for k, v in groups.items() if len(v) > 1}
+    if multi:
+        out += ["", "Mean ± sd over seeds (test):", "",
+                "| model | variant | framework | seeds | Recall@20 | MRR@20 | NDCG@20 |", "|---|---|---|---|---|---|---|"]
+        for (ours, rb, var), rs in multi.items():
+            for fw, key in (("ours", "ours_result"), ("RecBole", "recbole_result")):
+                res = [r[key] for r in rs if r.get(key)]
+                if not res:
+                    continue
+                cells = []
+                for m in METRICS:
+                    mu, sd = _mean_sd([x["test"].get(m) for x in res])
+                    cells.append(_f(mu) + (f" ± {sd:.4f}" if sd is not None else ""))
+                out.append(f"| {ours} / {rb} | {var or '-'} | {fw} | {len(res)} | " + " | ".join(cells) + " |")
+    out += ["", "Seconds per epoch: training only (ours: `train_seconds` of log.jsonl, i.e. the CF pass plus, for KG "
+            "models, the KG pass and attention update; RecBole: the trainer's `_train_epoch`, same scope), mean over "
+            "the epochs run; evaluation and data loading excluded. Peak RSS: `ru_maxrss` of the process that trained "
+            "(RecBole's includes its `ray`/`tensorboard` imports). The machine is shared: compare timings only "
+            "within a row pair, and read the load average below."]
+    if reused:
+        out += ["", "† ours read from a run that had already finished, not re-timed beside RecBole (`--restart-ours` "
+                "retrains it): " + "; ".join(reused) + "."]
+    if checks:
+        out += ["", "Evaluator cross-check (`--check-eval`: OUR evaluator on RecBole's best-model score matrix vs "
+                "RecBole's reported test Recall/MRR/NDCG@20): " + "; ".join(checks) + "."]
+    out += ["", "## Runs", ""]
+    by_cmd: dict = {}
+    for r in rows:  # one line per command: its rows' dates (each row finished at its own date)
+        by_cmd.setdefault(r["command"], []).append(r)
+    for cmd, rs in by_cmd.items():
+        dates = ", ".join(dict.fromkeys(r["date"] for r in rs))
+        out.append(f"* `{cmd}` — {dates}; {rs[-1]['machine']}")
+    out += ["", ROWS_TAG + json.dumps(rows, separators=(",", ":")) + "-->", ""]
+    return "\n".join(out)
+
+
+def _slim(res: dict | None) -> dict | None:
+    if not res:
+        return None
+    keep = ("test", "valid", "best_epoch", "epochs_run", "seconds_per_epoch", "peak_rss_mb", "run_dir", "threads",
+            "n_params", "config", "torch", "reused", "finished")
+    out = {k: res.get(k) for k in keep if k in res}
+    out["test"] = {m: res["test"].get(m) for m in METRICS}
+    if "valid" in res:
+        out["valid"] = {m: res["valid"].get(m) for m in METRICS}
+    return out
+
+
+# --------------------------------------------------------------------------- main
+def parse_models(spec: str) -> list[tuple[str, str]]:
+    pairs = []
+    for tok in filter(None, (t.strip() for t in spec.split(","))):
+        if ":" in tok:
+            a, b = tok.split(":", 1)
+            pairs.append((a, b))
+        elif tok in PAIRS:
+            pairs.append((tok, PAIRS[tok]))
+        else:
+            raise SystemExit(f"compare: no RecBole counterpart known for {tok!r}; write it as {tok}:RecBoleName")
+    return pairs
+
+
+def main(argv=None) -> None:
+    if argv is None and len(sys.argv) > 2 and sys.argv[1] == "--_ours-child":
+        return _ours_child(json.loads(sys.argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dataset", default="ml-100k")
+    ap.add_argument("--models", default="bprmf,lightgcn",
+                    help="comma list of our models, or ours:RecBole pairs (default bprmf,lightgcn)")
+    ap.add_argument("--seeds", default="2024", help="comma list (default 2024, our default seed)")
+    ap.add_argument("--epochs", type=int, default=None, help="cap on epochs for BOTH (timing-only runs)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for both (default 1)")
+    ap.add_argument("--output-dir", default="runs", help="our run directories root (default runs)")
+    ap.add_argument("--recbole-only", action="store_true", help="only write our split, do not train ours")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML", dest="ours_set",
+                    help="override OUR config (a new run dir); RecBole gets it through the mapping, e.g. "
+                         "--set patience=30 (the row is labelled with it)")
+    ap.add_argument("--restart-ours", action="store_true",
+                    help="retrain ours even if its run finished (to time both frameworks back to back)")
+    ap.add_argument("--check-eval", action="store_true",
+                    help="also score RecBole's best model with OUR evaluator (bench/recbole/check_eval.py)")
+    ap.add_argument("--recbole-python", default=str(DEFAULT_RECBOLE_PY))
+    ap.add_argument("--recbole-set", action="append", default=[], metavar="KEY=YAML",
+                    help="extra RecBole config passed to run_recbole.py --set")
+    ap.add_argument("--md", default=None, help="table path (default bench/results/recbole_<dataset>.md)")
+    args = ap.parse_args(argv)
+
+    if not Path(args.recbole_python).is_file():
+        raise SystemExit(f"compare: {args.recbole_python} not found: run bash bench/recbole/setup.sh first")
+    md = Path(args.md) if args.md else ROOT / "bench" / "results" / f"recbole_{args.dataset}.md"
+    pairs = parse_models(args.models)
+    import yaml
+    args.overrides = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.ours_set}
+    variant = ", ".join(args.ours_set + ([f"epochs<={args.epochs}"] if args.epochs else [])) or None
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    command = "MULTIKG4REC_DATA=" + os.environ.get("MULTIKG4REC_DATA", "./data") + " python bench/recbole/compare.py " + \
+        " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    rows = read_rows(md)
+    for ours, rb in pairs:
+        for seed in seeds:
+            print(f"compare: {args.dataset} {ours} vs RecBole {rb}, seed {seed}", file=sys.stderr, flush=True)
+            o = run_ours(ours, args.dataset, seed, args)
+            b = run_recbole(rb, o["run_dir"], seed, args)
+            agree = check_eval(rb, o["run_dir"], seed, args.dataset) if args.check_eval else None
+            row = {"ours": ours, "recbole": rb, "seed": seed, "epochs_cap": args.epochs, "variant": variant,
+                   "eval_agreement": agree,
+                   "ours_result": _slim(o["metrics"]), "recbole_result": _slim(b), "run_dir": o["run_dir"],
+                   "command": command, "date": utc_date(), "machine": machine()}
+            rows = [r for r in rows if (r["ours"], r["recbole"], r["seed"], r.get("variant")) !=
+                    (ours, rb, seed, variant)] + [row]
+            md.parent.mkdir(parents=True, exist_ok=True)
+            md.write_text(render(args.dataset, rows), encoding="utf-8")
+            def fmt(res):
+                return "not run" if not res else " ".join(f"{m} {res['test'][m]:.4f}" for m in METRICS) + \
+                    f"  {res['seconds_per_epoch']} s/epoch"
+            print(f"  ours    : {fmt(o['metrics'])}\n  RecBole : {fmt(b)}", file=sys.stderr, flush=True)
+    print(f"compare: wrote {md}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
