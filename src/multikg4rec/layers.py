@@ -183,6 +183,17 @@ class SparseAdjacency:
             row, col, values = row[perm], col[perm], values[perm]
         return cls(row, col, values, shape, perm=perm)
 
+    @classmethod
+    def from_scipy(cls, matrix) -> "SparseAdjacency":
+        """A fixed scipy sparse matrix (e.g. a normalised graph Laplacian) as an adjacency."""
+        import numpy as np
+        import scipy.sparse as sp
+        m = sp.csr_matrix(matrix, dtype=np.float32)
+        m.sort_indices()
+        rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+        return cls(torch.from_numpy(rows.astype(np.int64)), torch.from_numpy(m.indices.astype(np.int64)),
+                   torch.from_numpy(m.data), m.shape, crow=torch.from_numpy(m.indptr.astype(np.int64)))
+
     def with_values(self, values: torch.Tensor) -> "SparseAdjacency":
         """Same structure, new CSR-ordered values (E,). The transpose structure is computed
         once on ``self`` and shared, so repeated attention updates never re-sort.

@@ -17,9 +17,10 @@ Optional hooks (no-ops here):
   samples (default: the whole CKG with inverses, as KGAT trains TransR on it);
   node ids as in ``Dataset.ckg()``.
 * ``on_epoch_end(epoch)``: e.g. KGAT recomputes its attention.
-* ``prepare_eval()``: compute once what ``full_sort_predict`` reuses for every
-  batch of users (e.g. propagated embeddings); the cache is dropped at the next
-  ``train()``.
+* ``final_embeddings()``: for inner-product models, the final user and item
+  embeddings; the base class then caches them once per evaluation (``prepare_eval``)
+  and scores with a matmul (``full_sort_predict``). The cache is dropped at the next
+  ``train()``. Other models override ``prepare_eval`` / ``full_sort_predict``.
 * ``attention_report(user)``: per-modality attention for the case study.
 """
 from __future__ import annotations
@@ -52,8 +53,20 @@ class Recommender(nn.Module):
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(n_users, d)`` and ``(n_items, d)`` whose inner products are the scores, for
+        models that score that way (then ``prepare_eval`` / ``full_sort_predict`` come
+        for free); ``None`` for models that implement ``full_sort_predict`` themselves."""
+        return None
+
     def full_sort_predict(self, users: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        if self._eval_cache is None:
+            self.prepare_eval()
+        if self._eval_cache is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither full_sort_predict "
+                                      f"nor final_embeddings")
+        u, i = self._eval_cache
+        return u.index_select(0, users) @ i.T
 
     def calculate_kg_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no KG loss")
@@ -67,7 +80,8 @@ class Recommender(nn.Module):
         pass
 
     def prepare_eval(self) -> None:
-        pass
+        with torch.no_grad():
+            self._eval_cache = self.final_embeddings()
 
     def train(self, mode: bool = True):
         if mode:

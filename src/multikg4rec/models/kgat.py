@@ -107,12 +107,5 @@ class KGAT(Recommender):
                                 emb(batch["neg_tails"]), self.kg_reg_weight)  # Eq. 1-2
 
     # ---- evaluation
-    def prepare_eval(self) -> None:
-        with torch.no_grad():
-            self._eval_cache = self.propagate()
-
-    def full_sort_predict(self, users):
-        if self._eval_cache is None:
-            self.prepare_eval()
-        u, i = self._eval_cache
-        return u[users] @ i.T                                               # Eq. 12
+    def final_embeddings(self):
+        return self.propagate()                                             # Eq. 12: y = e_u*^T e_i*

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..sparse import CSRAdjacency, normalized_bipartite_adjacency, spmm
+from ..layers import SparseAdjacency
+from ..sparse import normalized_bipartite_adjacency
 from .base import Recommender
 
 
@@ -30,16 +31,15 @@ class LightGCN(Recommender):
         self.item_emb = nn.Embedding(self.n_items, d)
         nn.init.xavier_uniform_(self.user_emb.weight)
         nn.init.xavier_uniform_(self.item_emb.weight)
-        # the normalised adjacency is symmetric: its transpose is itself
-        self.adj = CSRAdjacency(normalized_bipartite_adjacency(dataset.train, self.n_users, self.n_items),
-                                symmetric=True)
+        self.adj = SparseAdjacency.from_scipy(
+            normalized_bipartite_adjacency(dataset.train, self.n_users, self.n_items))
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns final (n_users, d) and (n_items, d) embeddings (Eq. 4 + 7)."""
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         layers = [x]
         for _ in range(self.n_layers):
-            x = spmm(self.adj, x)                                   # Eq. 7
+            x = self.adj @ x                                   # Eq. 7
             layers.append(x)
         out = torch.stack(layers).mean(0)                           # Eq. 4
         return out[: self.n_users], out[self.n_users:]
@@ -52,12 +52,5 @@ class LightGCN(Recommender):
                           self.item_emb(batch["neg_items"]))
         return bpr + self.reg_weight * reg
 
-    def prepare_eval(self):
-        with torch.no_grad():
-            self._eval_cache = self.propagate()
-
-    def full_sort_predict(self, users):
-        if self._eval_cache is None:
-            self.prepare_eval()
-        u, i = self._eval_cache
-        return u[users] @ i.T
+    def final_embeddings(self):
+        return self.propagate()                                     # Eq. 5 scores by inner product
