@@ -1,0 +1,170 @@
+"""ConvNCF: outer-product interaction map + CNN.
+
+He, Du, Wang, Tian, Tang, Chua, "Outer Product-based Neural Collaborative
+Filtering", IJCAI 2018. With p_u, q_i the d-dimensional embeddings:
+
+    E = p_u q_i^T = p_u (x) q_i                         (d x d interaction map)
+    e^(l) = ReLU( conv_{2x2, stride 2}(e^(l-1)) + b_l )  (l = 1..L, L = log2 d; 64 -> 32 -> ... -> 1)
+    y(u, i) = w^T g + b,  g = e^(L) (1 x 1 x c)          (prediction layer)
+    L = sum -ln sigma( y(u, i) - y(u, j) ) + lambda_1 ||p, q||^2 + lambda_2 ||CNN||^2 + lambda_3 ||w, b||^2
+
+Choices (paper / the authors' release, duxy-me/ConvNCF):
+
+* 6 convolution layers of 32 channels with 2x2 kernels and stride 2 for d = 64
+  (``channels``; ``embedding_size`` must be 2^len(channels)).
+* A 2x2 stride-2 convolution reads non-overlapping patches, so each layer is
+  computed as ONE matrix product over patches: rows are the map positions in Morton
+  (Z) order, so the 4 children of every next-layer position are 4 consecutive rows
+  and the next layer's patch matrix is a free reshape (no im2col copy). The weight
+  ``W_l`` of shape (4 C_in, C_out) holds the conv kernel ``K[o, c, dr, dc]`` at
+  ``W_l[(2 dr + dc) C_in + c, o]``; tests check it against ``F.conv2d``.
+* Embeddings are initialised from BPR-MF, as the paper: ``pretrain_path`` names a
+  BPR-MF run directory (its ``best_model.pt``) or the file itself; the sizes must
+  match. Without it the embeddings start from N(0, 0.01) (the release's init) and a
+  warning says so; no in-model BPR-MF warm start is run.
+* Regularisation on the release's scale, divided by its batch size 512 (the release
+  sums the loss over the batch, the trainer averages it): ``reg_weight`` = 2 x 0.01
+  on the batch's embeddings (``l2_reg`` halves the squares), ``conv_reg_weight`` = 1 /
+  512 on the CNN weights and biases, ``fc_reg_weight`` = (10 + 1) / 512 on w, b.
+* Conv weights / prediction layer: truncated N(0, 0.1), conv biases 0.1 (the release).
+  Dropout on g: ``dropout`` (the release: keep-probability 1, i.e. none).
+* The release trains with Adagrad (lr 0.05); the trainer uses Adam.
+
+Cost: about 3 MFLOP per (user, item) pair for d = 64, which full ranking pays for
+every pair (943 x 1,574 on ml-100k; 6,040 x 3,706 on ml-1m); ``full_sort_predict``
+runs it in chunks of pairs sized to stay in cache-friendly blocks. The paper
+evaluates on 999 sampled negatives per user instead.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import UserError
+from .base import Recommender
+
+log = logging.getLogger(__name__)
+
+
+def morton_patch_index(d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (a) and columns (b) of the d x d map read by the first layer, in the order
+    (first-layer position in Morton order, child j = 2 dr + dc): two ((d/2)^2 * 4,) int64.
+
+    Morton order of (a', b'), each log2(d/2) bits: code = sum_k (2 a'_k + b'_k) 4^k,
+    so the lowest two bits of a position are its child index in the next layer.
+    """
+    half = d // 2
+    bits = int(math.log2(half)) if half > 1 else 0
+    code = torch.arange(half * half)
+    a = torch.zeros_like(code)
+    b = torch.zeros_like(code)
+    for k in range(bits):
+        a |= ((code >> (2 * k + 1)) & 1) << k
+        b |= ((code >> (2 * k)) & 1) << k
+    j = torch.arange(4)
+    rows = (2 * a[:, None] + j[None, :] // 2).reshape(-1)
+    cols = (2 * b[:, None] + j[None, :] % 2).reshape(-1)
+    return rows, cols
+
+
+class ConvNCF(Recommender):
+    name = "convncf"
+
+    #: floats of first-layer activations per chunk of pairs in full_sort_predict
+    EVAL_BLOCK = 1 << 19
+
+    def __init__(self, dataset, config):
+        super().__init__(dataset, config)
+        d = int(config["embedding_size"])
+        channels = [int(c) for c in config["channels"]]
+        if d != 2 ** len(channels):
+            raise UserError(f"convncf: embedding_size {d} must be 2^len(channels) = {2 ** len(channels)} "
+                            f"(each 2x2 stride-2 layer halves the {d} x {d} map down to 1 x 1)")
+        self.dim, self.channels = d, channels
+        self.reg_weight = float(config["reg_weight"])
+        self.conv_reg_weight = float(config["conv_reg_weight"])
+        self.fc_reg_weight = float(config["fc_reg_weight"])
+        self.user_emb = nn.Embedding(self.n_users, d)
+        self.item_emb = nn.Embedding(self.n_items, d)
+        nn.init.trunc_normal_(self.user_emb.weight, std=0.01)
+        nn.init.trunc_normal_(self.item_emb.weight, std=0.01)
+        sizes = [1] + channels
+        # W_l: (4 c_in, c_out), one 2x2 stride-2 conv as a matrix over patches
+        self.conv_weights = nn.ParameterList(nn.Parameter(torch.empty(4 * sizes[k], sizes[k + 1]))
+                                             for k in range(len(channels)))
+        self.conv_biases = nn.ParameterList(nn.Parameter(torch.full((sizes[k + 1],), 0.1))
+                                            for k in range(len(channels)))
+        for w in self.conv_weights:
+            nn.init.trunc_normal_(w, std=0.1)
+        self.predict = nn.Linear(channels[-1], 1)
+        nn.init.trunc_normal_(self.predict.weight, std=0.1)
+        nn.init.trunc_normal_(self.predict.bias, std=0.1)
+        self.dropout = nn.Dropout(float(config["dropout"]))
+        rows, cols = morton_patch_index(d)
+        self.register_buffer("patch_rows", rows, persistent=False)
+        self.register_buffer("patch_cols", cols, persistent=False)
+        if config.get("pretrain_path"):
+            self.load_pretrained(config["pretrain_path"])
+        else:
+            log.warning("convncf: no pretrain_path: embeddings start at random (the paper initialises them "
+                        "from BPR-MF; train `bprmf` first and pass its run directory)")
+
+    def load_pretrained(self, path) -> None:
+        """Copy user/item embeddings from a BPR-MF ``best_model.pt`` (or its run directory)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "best_model.pt"
+        if not path.is_file():
+            raise UserError(f"convncf: pretrain_path {path} is not a BPR-MF best_model.pt")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("model", state)
+        for name in ("user_emb", "item_emb"):
+            w = state.get(f"{name}.weight")
+            ours = getattr(self, name).weight
+            if w is None or tuple(w.shape) != tuple(ours.shape):
+                got = None if w is None else tuple(w.shape)
+                raise UserError(f"convncf: {path} has {name}.weight of shape {got}, this model needs "
+                                f"{tuple(ours.shape)} (same dataset and embedding_size as the BPR-MF run)")
+            with torch.no_grad():
+                ours.copy_(w)
+        log.info("convncf: embeddings initialised from %s", path)
+
+    def interaction_map(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """E = p q^T as the first layer's patch matrix: p, q (N, d) -> (N, (d/2)^2, 4)."""
+        return (p[:, self.patch_rows] * q[:, self.patch_cols]).view(p.shape[0], -1, 4)
+
+    def score_pairs(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        """y for each (p[n], q[n]) -> (N,)."""
+        n = p.shape[0]
+        x = self.interaction_map(p, q)                                  # E = p (x) q
+        for w, b in zip(self.conv_weights, self.conv_biases):
+            x = torch.addmm(b, x.reshape(-1, w.shape[0]), w).relu_()    # e^(l) = ReLU(conv(e^(l-1)) + b_l)
+        g = self.dropout(x.view(n, -1))                                 # (N, c_L): the 1 x 1 x c map
+        return self.predict(g).squeeze(-1)                              # y = w^T g + b
+
+    def calculate_loss(self, batch):
+        p = self.user_emb(batch["users"])
+        qi, qj = self.item_emb(batch["pos_items"]), self.item_emb(batch["neg_items"])
+        y = self.score_pairs(torch.cat([p, p]), torch.cat([qi, qj]))
+        y_pos, y_neg = y.chunk(2)
+        bpr = -F.logsigmoid(y_pos - y_neg).mean()
+        conv = sum(w.pow(2).sum() + b.pow(2).sum() for w, b in zip(self.conv_weights, self.conv_biases))
+        fc = self.predict.weight.pow(2).sum() + self.predict.bias.pow(2).sum()
+        return (bpr + self.reg_weight * self.l2_reg(p, qi, qj) + self.conv_reg_weight * conv
+                + self.fc_reg_weight * fc)
+
+    def full_sort_predict(self, users):
+        """(len(users), n_items): every (user, item) pair through the CNN, in chunks of pairs."""
+        p, q = self.user_emb(users), self.item_emb.weight
+        n_pairs = len(users) * self.n_items
+        chunk = max(1, self.EVAL_BLOCK // ((self.dim // 2) ** 2 * self.channels[0]))
+        out = torch.empty(n_pairs, dtype=p.dtype, device=p.device)
+        for s in range(0, n_pairs, chunk):
+            r = torch.arange(s, min(s + chunk, n_pairs), device=p.device)
+            out[s:s + chunk] = self.score_pairs(p[r // self.n_items], q[r % self.n_items])
+        return out.view(len(users), self.n_items)
