@@ -308,12 +308,5 @@ class MKGAT(Recommender):
         return loss + self.kg_reg_weight * self.l2_reg(h, r, t, t_neg)
 
     # ---- evaluation
-    def prepare_eval(self):
-        with torch.no_grad():
-            self._eval_cache = self.propagate()
-
-    def full_sort_predict(self, users):
-        if self._eval_cache is None:
-            self.prepare_eval()
-        u, i = self._eval_cache
-        return u[users] @ i.T
+    def final_embeddings(self):
+        return self.propagate()

@@ -41,7 +41,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..sparse import CSRAdjacency, spmm
+from ..layers import SparseAdjacency
 from .base import Recommender
 
 
@@ -87,15 +87,15 @@ class SpectralCF(Recommender):
         for theta in self.filters:
             nn.init.xavier_uniform_(theta)
         laplacian = str(config["laplacian"]).lower()
-        self.adj = CSRAdjacency(spectral_filter(dataset.train, self.n_users, self.n_items, laplacian,
-                                                bool(config["self_loops"])), symmetric=laplacian == "sym")
+        self.adj = SparseAdjacency.from_scipy(spectral_filter(dataset.train, self.n_users, self.n_items, laplacian,
+                                                              bool(config["self_loops"])))
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final (n_users, d (K+1)) and (n_items, d (K+1)) embeddings."""
         x = torch.cat([self.user_emb.weight, self.item_emb.weight])
         layers = [x]
         for theta in self.filters:
-            x = torch.sigmoid(spmm(self.adj, x) @ theta)               # X_{k+1} = sigma((I + L) X_k Theta'_k)
+            x = torch.sigmoid((self.adj @ x) @ theta)               # X_{k+1} = sigma((I + L) X_k Theta'_k)
             layers.append(x)
         out = torch.cat(layers, 1)                                      # e* = X_0 || ... || X_K
         return out[: self.n_users], out[self.n_users:]
@@ -106,12 +106,5 @@ class SpectralCF(Recommender):
         bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
         return bpr + self.reg_weight * self.l2_reg(u, p, n)
 
-    def prepare_eval(self):
-        with torch.no_grad():
-            self._eval_cache = self.propagate()
-
-    def full_sort_predict(self, users):
-        if self._eval_cache is None:
-            self.prepare_eval()
-        u, i = self._eval_cache
-        return u[users] @ i.T                                           # y(u, i) = e_u*^T e_i*
+    def final_embeddings(self):
+        return self.propagate()                                         # y(u, i) = e_u*^T e_i*
