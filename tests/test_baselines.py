@@ -30,7 +30,7 @@ def toy_dataset(n_users=3, n_items=4, n_entities=6, n_relations=2, train=None, k
 SMALL = {
     "kgcn": {},
     "spectralcf": {},
-    "convncf": {"embedding_size": 16, "channels": [8, 8, 8, 8]},          # 16 -> 8 -> 4 -> 2 -> 1
+    "convncf": {"embedding_size": 16, "channels": [8, 8, 8, 8], "pretrain_path": None},  # 16 -> 8 -> 4 -> 2 -> 1
     "mkgat": {"features": "random", "embedding_size": 16, "layers": [16, 8], "kg_batch_size": 32768},
 }
 
@@ -203,6 +203,17 @@ def test_convncf_pretrain_from_bprmf(ml100k_small, tmp_path):
         _convncf(ml100k_small, 8, [4, 4, 4], pretrain_path=str(bpr.run_dir / "best_model.pt"))
     with pytest.raises(UserError, match="2\\^len"):
         _convncf(ml100k_small, 16, [4, 4])
+    # pretrain_path: auto finds the BPR-MF run of the same dataset / seed / embedding size / output root
+    from multikg4rec.training import default_run_dir
+    auto = {"pretrain_path": "auto", "dataset": "ml-100k", "seed": 3, "output_dir": str(tmp_path / "auto")}
+    with pytest.raises(UserError, match="train it first"):
+        _convncf(ml100k_small, 16, [4, 4, 4, 4], **auto)
+    target = default_run_dir(load_config("bprmf", "ml-100k", None, {"seed": 3, "embedding_size": 16,
+                                                                    "output_dir": str(tmp_path / "auto")}))
+    target.mkdir(parents=True)
+    (target / "best_model.pt").write_bytes((bpr.run_dir / "best_model.pt").read_bytes())
+    m = _convncf(ml100k_small, 16, [4, 4, 4, 4], **auto)
+    assert torch.equal(m.item_emb.weight, state["item_emb.weight"])
 
 
 # ---------------------------------------------------------------- MKGAT

@@ -57,3 +57,28 @@ def test_reproduce_sweep_is_resumable_and_tabulates(data_dir, tmp_path, capsys):
     # different seeds, different splits (the per-user test users differ in their relevant sets)
     r0, r1 = (json.loads(p.read_text()) for p in sorted(stamps)[:2])
     assert r0["seed"] != r1["seed"]
+
+
+def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):
+    """Ctrl-C / SIGTERM in one run must stop the sweep (the run keeps its checkpoint), not skip to the next run;
+    a plain UserError (bad config for one job) is skipped."""
+    from multikg4rec import experiments, training
+    from multikg4rec.errors import Interrupted, UserError
+    from multikg4rec.experiments import Job, run_jobs
+
+    calls = []
+
+    def fake_run(cfg, quiet=True):
+        calls.append(cfg["model"])
+        if cfg["model"] == "lightgcn":
+            raise UserError("bad job")
+        raise Interrupted("interrupted after epoch 3")
+
+    monkeypatch.setattr(training, "run", fake_run)
+    jobs = [Job(m, m, "ml-100k", 0) for m in ("lightgcn", "bprmf", "spectralcf")]
+    status = tmp_path / "status.json"
+    with pytest.raises(Interrupted):
+        run_jobs(jobs, {"output_dir": str(tmp_path)}, status_file=status)
+    assert calls == ["lightgcn", "bprmf"]               # skipped the bad one, stopped at the interrupted one
+    assert "interrupted" in json.loads(status.read_text())
+    assert experiments.Interrupted is Interrupted

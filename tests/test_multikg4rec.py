@@ -239,3 +239,27 @@ def test_explain_writes_report_and_plot(ml100k_small, features, tmp_path):
     assert (run / "explain" / f"user{token}.json").is_file()
     with pytest.raises(UserError):
         explain_run(run, "no-such-user", dataset=ml100k_small)
+
+
+def test_fused_rows_start_at_the_scale_of_the_tables_and_item_id_option(ml100k_small, features):
+    """fusion_output_gain null = 1/sqrt(d): the fused item rows (LayerNorm output, per-element unit variance,
+    row norm ~sqrt(d)) start at norm ~1 like the ID / projected rows; 1.0 keeps the plain LayerNorm.
+    item_id_embedding adds a learned ID row to items WITH content (SPEC §2 gives them none)."""
+    d = 64
+    norms = {}
+    for gain in (None, 1.0):
+        m = build(ml100k_small, features, fusion_output_gain=gain).eval()
+        with torch.no_grad():
+            z = m.fuse(m.pre_tables())
+        norms[gain] = torch.stack([z[k].norm(dim=1).mean() for k in z]).mean().item()
+    assert norms[1.0] == pytest.approx(d ** 0.5, rel=0.05)
+    assert norms[None] == pytest.approx(1.0, rel=0.05)
+    with_content = features["text"][1][: ml100k_small.n_items].nonzero().squeeze(1)[:5]
+    plain = build(ml100k_small, features)
+    ided = build(ml100k_small, features, item_id_embedding=True)
+    assert torch.all(plain.idw_text[with_content] == 0) and torch.all(ided.idw_text[with_content] == 1)
+    assert torch.equal(plain.idw_text[ml100k_small.n_items:], ided.idw_text[ml100k_small.n_items:])
+    with torch.no_grad():   # the item's table row = projected content + its ID row
+        rows = ided.node_rows("text", with_content)
+        expect = ided._embed("text", ided.raw_text[ided.crow_text[with_content]]) + ided.id_emb["text"].weight[with_content]
+    assert torch.allclose(rows, expect, atol=1e-6)

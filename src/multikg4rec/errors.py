@@ -7,3 +7,9 @@ class UserError(Exception):
     The message must say what is wrong and, where possible, where (file:line)
     and what to do about it.
     """
+
+
+class Interrupted(UserError):
+    """Ctrl-C / SIGTERM during a run: its state is saved and the same command resumes it.
+
+    A sweep (``reproduce``, ``tune``) stops on it instead of moving on to its next run."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import config_hash, load_config
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
                                                "done": bar.n, "total": len(jobs), "time": time.time()}))
         try:
             res = run(cfg, quiet=quiet_runs)
+        except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
+            if status_file:
+                status_file.write_text(json.dumps({"running": None, "done": bar.n, "total": len(jobs),
+                                                   "time": time.time(), "interrupted": str(e)}))
+            raise
         except UserError as e:
             tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
             continue

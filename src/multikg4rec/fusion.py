@@ -304,15 +304,22 @@ class BiTransformer(nn.Module):
     Args:
         modalities: modality names (1 or 2 for the paper; more work in ``bi``/``none``).
         mode: ``bi`` | ``t2v`` | ``v2t`` | ``none`` (see the module docstring).
+        output_gain: initial gain of the LAST LayerNorm (learned afterwards). A LayerNorm
+            output has unit variance per element, i.e. a row norm of about sqrt(d); 1.0
+            keeps that, ``1 / sqrt(d)`` starts the fused rows at norm ~1, the scale of
+            the ID / projected rows they join in the CKG.
     """
 
     def __init__(self, modalities: list[str], d: int = 64, heads: int = 8, blocks: int = 3,
-                 mode: str = "bi", ffn_dim: int = 128, dropout: float = 0.1):
+                 mode: str = "bi", ffn_dim: int = 128, dropout: float = 0.1, output_gain: float = 1.0):
         super().__init__()
         self.modalities = list(modalities)
         self.mode = mode
         self.blocks = nn.ModuleList(BiTransformerBlock(modalities, d, heads, mode, ffn_dim, dropout)
                                     for _ in range(blocks))
+        if blocks:
+            for norm in self.blocks[-1].norm2.values():
+                nn.init.constant_(norm.weight, float(output_gain))
         self.sources = self.blocks[0].attn.sources if blocks else attention_sources(self.modalities, mode)
 
     def forward(self, x: dict[str, torch.Tensor], mask: torch.Tensor | None = None, all_rows: bool = False,

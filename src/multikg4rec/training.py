@@ -37,7 +37,7 @@ from . import __version__
 from .config import config_hash, dump_config
 from .data import Dataset, load_dataset
 from .data.atomic import write_atomic
-from .errors import UserError
+from .errors import Interrupted, UserError
 from .evaluation import Evaluator, format_metrics
 from .models import Recommender, get_model_class
 from .sampling import BPRSampler, KGSampler
@@ -321,7 +321,7 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
         trainer.fit()
         metrics = trainer.finish()
     except KeyboardInterrupt:
-        raise UserError(f"interrupted after epoch {trainer.epoch}: state saved in {trainer.ckpt_path}; "
+        raise Interrupted(f"interrupted after epoch {trainer.epoch}: state saved in {trainer.ckpt_path}; "
                         f"run the same command again to resume") from None
     if not quiet:
         tqdm.write(f"best epoch {metrics['best_epoch']}  test: " + format_metrics(metrics["test"]))

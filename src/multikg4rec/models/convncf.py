@@ -20,7 +20,10 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
   ``W_l[(2 dr + dc) C_in + c, o]``; tests check it against ``F.conv2d``.
 * Embeddings are initialised from BPR-MF, as the paper: ``pretrain_path`` names a
   BPR-MF run directory (its ``best_model.pt``) or the file itself; the sizes must
-  match. Without it the embeddings start from N(0, 0.01) (the release's init) and a
+  match. ``auto`` (the default) takes the BPR-MF run of the same dataset, data
+  config, seed and ``output_dir`` (``bprmf_run_dir``: the directory
+  ``multikg4rec train --model bprmf`` with those settings writes; ``reproduce table2``
+  trains it first). Without it the embeddings start from N(0, 0.01) (the release's init) and a
   warning says so; no in-model BPR-MF warm start is run.
 * Regularisation on the release's scale, divided by its batch size 512 (the release
   sums the loss over the batch, the trainer averages it): ``reg_weight`` = 2 x 0.01
@@ -72,6 +75,22 @@ def morton_patch_index(d: int) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, cols
 
 
+def bprmf_run_dir(config: dict):
+    """The run directory of the default BPR-MF run that matches ``config``'s dataset, data
+    preprocessing, seed, embedding size and output root (``pretrain_path: auto``)."""
+    from ..config import load_config
+    from ..data.dataset import DATA_KEYS
+    from ..training import default_run_dir
+    keep = ("seed", "embedding_size", "output_dir", "data_dir", "cache_dir", *DATA_KEYS)
+    cfg = load_config("bprmf", config["dataset"], None, {k: config[k] for k in keep if k in config})
+    run_dir = default_run_dir(cfg)
+    if not (run_dir / "best_model.pt").is_file():
+        raise UserError(f"convncf: pretrain_path auto: no finished BPR-MF run at {run_dir}; train it first: "
+                        f"multikg4rec train --model bprmf --dataset {config['dataset']} --seed {config['seed']} "
+                        f"(or set pretrain_path to a BPR-MF run directory, or null for a random start)")
+    return run_dir
+
+
 class ConvNCF(Recommender):
     name = "convncf"
 
@@ -109,7 +128,8 @@ class ConvNCF(Recommender):
         self.register_buffer("patch_rows", rows, persistent=False)
         self.register_buffer("patch_cols", cols, persistent=False)
         if config.get("pretrain_path"):
-            self.load_pretrained(config["pretrain_path"])
+            path = config["pretrain_path"]
+            self.load_pretrained(bprmf_run_dir(config) if str(path) == "auto" else path)
         else:
             log.warning("convncf: no pretrain_path: embeddings start at random (the paper initialises them "
                         "from BPR-MF; train `bprmf` first and pass its run directory)")
