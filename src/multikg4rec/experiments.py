@@ -193,7 +193,7 @@ def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multik
     lines = [f"# {table}", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `multikg4rec reproduce {table}` "
              f"from {len(rows)} finished runs (`runs.csv`). Test metrics at K = 20 of the epoch chosen on valid "
-             f"NDCG@20; mean ± std over seeds. Paper = the paper's MovieLens (ML) or Amazon-Books (AB) column; "
+             f"NDCG@20; mean ± std over seeds (one value when one seed has finished). Paper = the paper's MovieLens (ML) or Amazon-Books (AB) column; "
              f"gap = (ours - paper) / paper. Our KGs and features differ from the paper's (docs/results.md).", ""]
     datasets = sorted({r["job"].dataset for r in rows})
     for d in datasets:
@@ -213,7 +213,8 @@ def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multik
             gap = f"{(mu[2] - p[2]) / p[2] * 100:+.1f}%" if p else "–"
             spe = np.mean([r["metrics"]["seconds_per_epoch"] or 0 for r in rs])
             ep = np.mean([r["metrics"]["epochs_run"] for r in rs])
-            lines.append(f"| {lab} | {len(rs)} | " + " | ".join(f"{m:.4f} ± {s:.4f}" for m, s in zip(mu, sd))
+            cell = (lambda m, s: f"{m:.4f} ± {s:.4f}") if len(rs) > 1 else (lambda m, s: f"{m:.4f}")
+            lines.append(f"| {lab} | {len(rs)} | " + " | ".join(cell(m, s) for m, s in zip(mu, sd))
                          + f" | {ptxt} | {gap} | {spe:.1f} | {ep:.0f} |")
         ours_label = "multikg4rec" if table == "table2" else "Multi-KG4Rec"
         if ours_label in means and len(means) > 1:

@@ -1,0 +1,95 @@
+"""Where one Multi-KG4Rec CF step spends its time (forward + backward), part by part, against
+one KGAT-sized propagation measured in the same process.
+
+    python bench/bench_multikg4rec_step.py --dataset ml-1m --write bench/results/kg_epoch.md
+
+Parts: the §2 modal tables (projection of every content row), the §3 fusion of ``fusion_items``
+items, ONE §4 propagation (KGAT's whole propagation costs about this), and the full CF step
+(``calculate_loss`` + backward). Each part is timed ``--repeat`` times after one warm-up call;
+the median is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="ml-1m")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--data-dir", default=os.environ.get("MULTIKG4REC_DATA",
+                                                        str(Path(__file__).resolve().parents[2] / "shared" / "data")))
+    p.add_argument("--write", help="also append the markdown table to this file")
+    a = p.parse_args()
+    torch.set_num_threads(1)
+    from multikg4rec.config import load_config
+    from multikg4rec.data import load_dataset
+    from multikg4rec.sampling import BPRSampler
+    from multikg4rec.training import build_model, seed_everything
+
+    cfg = load_config("multikg4rec", a.dataset, None, {"data_dir": a.data_dir})
+    seed_everything(cfg["seed"])
+    ds = load_dataset(a.dataset, cfg, data_dir=a.data_dir)
+    m = build_model(cfg, ds)
+    m.train()
+    batch = next(iter(BPRSampler(ds.train, ds.n_items, cfg["batch_size"], np.random.default_rng(0))))
+    items = torch.unique(torch.cat([batch["pos_items"], batch["neg_items"]]))
+
+    def timed(fn) -> float:
+        fn()
+        out = []
+        for _ in range(a.repeat):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+            m.zero_grad(set_to_none=True)
+        return statistics.median(out) * 1000
+
+    def tables():
+        sum(v.sum() for v in m.pre_tables().values()).backward()
+
+    pre = {k: v.detach() for k, v in m.pre_tables().items()}
+    k = m.fusion_items or len(items)
+
+    def fuse():
+        z = m.fuse(pre, items[:k])
+        sum(v.sum() for v in z.values()).backward()
+
+    t0 = m.tables[0]
+    x = pre[t0].clone().requires_grad_()
+
+    def propagate():
+        m.propagation[t0](x, m.adjacency(t0)).sum().backward()
+
+    def step():
+        m.calculate_loss(batch).backward()
+
+    load0 = os.getloadavg()[0]
+    rows = [("§2 modal tables (all content rows), fwd+bwd", timed(tables)),
+            (f"§3 fusion of {min(k, len(items))} items, fwd+bwd", timed(fuse)),
+            ("§4 ONE propagation (3 layers, whole CKG), fwd+bwd", timed(propagate)),
+            (f"full CF step ({len(m.tables)} modalities), fwd+bwd", timed(step))]
+    one = rows[2][1]
+    md = "\n".join([
+        f"## One Multi-KG4Rec CF step, part by part, {a.dataset}", "",
+        f"`python bench/bench_multikg4rec_step.py --dataset {a.dataset}`", "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1 torch thread; torch {torch.__version__}; "
+        f"CF batch {cfg['batch_size']}, {ds.ckg().n_nodes:,} CKG nodes, {len(ds.ckg().head):,} CKG edges; "
+        f"median of {a.repeat}; load average (1 min) {load0:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
+        "| part | ms | x one propagation |", "|---|---|---|",
+        *[f"| {name} | {ms:.0f} | {ms / one:.2f} |" for name, ms in rows], ""])
+    print(md)
+    if a.write:
+        with open(a.write, "a") as f:
+            f.write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
