@@ -154,6 +154,11 @@ def test_attention_report_per_modality(ml100k_small, features):
         assert sum(rep[key].values()) == pytest.approx(1.0, abs=1e-5)
     for m_ in ("image", "text"):
         assert len(rep["item_attention"][m_]) == 10 and len(rep["item_fusion"][m_]) == 10
+        # the combined share averages the fusion attention and the score share (not the cross-table logits)
+        assert rep["modality"][m_] == pytest.approx((rep["fusion"][m_] + rep["score"][m_]) / 2)
+        parts = np.array(rep["item_scores"][m_])
+        assert rep["score"][m_] == pytest.approx(abs(parts.sum()) / sum(abs(np.sum(rep["item_scores"][t]))
+                                                                     for t in ("image", "text")), rel=1e-4)
     assert m.training                      # the report leaves the mode as it found it
     # one modality, and the ID-only ablation
     rep = build(ml100k_small, features, modalities=["text"]).attention_report(user)

@@ -371,9 +371,13 @@ class MultiKG4Rec(Recommender):
         * ``fusion[m]``: attention mass the items' own rows put on modality m's keys in
           the Bi-Transformer (mean over items, blocks, heads and query modalities);
         * ``propagation[t]``: softmax over modalities of the mean knowledge-aware
-          attention logit pi(u, interact, i) of table t (SPEC §4);
-        * ``score[t]``: share of |sum over items of the score part e_u^{t*}.e_i^{t*}|;
-        * ``modality[t]``: mean of ``fusion`` (when the fusion runs) and ``propagation``;
+          attention logit pi(u, interact, i) of table t (SPEC §4). Reported, but NOT
+          used in ``modality``: each table's logits live in their own TransR space
+          (measured on ml-100k: this softmax gives the image table 0.98-0.998 for every
+          user, a scale effect, not a preference);
+        * ``score[t]``: share of |sum over items of the score part e_u^{t*}.e_i^{t*}|:
+          how much of the user's scores for these items each modality's embeddings carry;
+        * ``modality[t]``: mean of ``fusion`` (when the fusion runs) and ``score``;
         * per item: ``item_attention[t]`` (softmax of pi over the user's train items,
           table t), ``item_fusion[m]``, ``item_scores[t]``.
 
@@ -423,9 +427,9 @@ class MultiKG4Rec(Recommender):
                 per_item = self.fusion.modality_attention(x, self.seq_mask[items])  # m -> (k,)
                 rep["item_fusion"] = {m: v.tolist() for m, v in per_item.items()}
                 rep["fusion"] = {m: float(v.mean()) for m, v in per_item.items()}
-                rep["modality"] = {t: (rep["fusion"][t] + rep["propagation"][t]) / 2 for t in self.tables}
+                rep["modality"] = {t: (rep["fusion"][t] + rep["score"][t]) / 2 for t in self.tables}
             else:
-                rep["modality"] = dict(rep["propagation"])
+                rep["modality"] = dict(rep["score"])
             return rep
         finally:
             self.train(was)
