@@ -71,6 +71,16 @@ def test_kgcn_user_relation_attention_two_neighbours():
         full = m.full_sort_predict(torch.tensor([1]))
     assert got.item() == pytest.approx(expected.item(), abs=1e-6)
     assert full[0, 0].item() == pytest.approx(expected.item(), abs=1e-6)
+    # scaling: release (the authors' code, RecBole): g = mean over the d = 3 dimensions, neighbours averaged over K = 2
+    torch.manual_seed(0)
+    m = KGCN(ds, cfg | {"scaling": "release"})
+    u, r, e, agg = m.user_emb.weight[1], m.relation_emb.weight, m.entity_emb.weight, m.aggregators[0].linear
+    pi = torch.stack([(u * r[0]).mean(), (u * r[1]).mean()])
+    w = torch.exp(pi) / torch.exp(pi).sum()
+    expected = u @ torch.tanh(agg.weight @ (e[0] + (w[0] * e[4] + w[1] * e[5]) / 2) + agg.bias)
+    with torch.no_grad():
+        assert m.score_pairs(torch.tensor([1]), torch.tensor([0])).item() == pytest.approx(expected.item(), abs=1e-6)
+        assert m.full_sort_predict(torch.tensor([1]))[0, 0].item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_kgcn_neighbour_table():
