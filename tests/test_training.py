@@ -182,3 +182,17 @@ def test_cli_help_lists_models_and_options(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "bprmf" in out and "lightgcn" in out and "valid_metric" in out and "--data-dir" in out
+
+
+def test_peak_memory_is_per_run_not_per_process():
+    """A sweep trains many runs in one process: each run's peak must start from a fresh window."""
+    import numpy as np
+    from multikg4rec.training import peak_rss_mb, reset_peak_rss
+    base = peak_rss_mb()
+    big = np.ones(300 * 2 ** 20 // 8)           # ~300 MB touched
+    high = peak_rss_mb()
+    del big
+    reset_peak_rss()
+    after = peak_rss_mb()
+    assert high > base + 250
+    assert after < high - 200                    # the window restarted below the old peak

@@ -52,8 +52,26 @@ def seed_everything(seed: int) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (ru_maxrss, KiB on Linux)."""
+    """Peak resident memory of this process since the last :func:`reset_peak_rss` (Linux
+    ``VmHWM``), else since it started (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window (Linux: ``clear_refs`` 5 resets ``VmHWM``), so that
+    several runs in one process (a sweep) each report their own peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _git_commit() -> str | None:
@@ -301,6 +319,7 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     if done.is_file() and not restart:
         return RunResult(run_dir, json.loads(done.read_text()))
     # everything that can fail on bad input happens before the run directory is touched
+    reset_peak_rss()
     seed_everything(cfg["seed"])
     if dataset is None:
         dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
