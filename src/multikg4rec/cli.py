@@ -129,8 +129,9 @@ def cmd_reproduce(args, rest) -> int:
         argv = [a for a in (args.argv or []) if a != "--background"]
         return launch_background(argv, Path(args.results) / args.table)
     datasets = args.datasets or ["ml-100k", "ml-1m"]
+    command = "multikg4rec " + " ".join(a for a in (args.argv or []) if a != "--background")
     reproduce(args.table, datasets, args.seeds, _common_overrides(args, rest), Path(args.results),
-              models=args.models, only_summarize=args.summarize)
+              models=args.models, only_summarize=args.summarize, command=command)
     return 0
 
 

@@ -187,11 +187,12 @@ def paired_test(rows_a: list[dict], rows_b: list[dict]) -> dict | None:
     return {"n_pairs": int(len(d)), "mean_diff": float(d.mean()), "p_value": float(stat.pvalue)}
 
 
-def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multikg4rec") -> str:
+def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multikg4rec",
+              command: str | None = None) -> str:
     """Markdown: mean ± std over seeds, paper numbers, relative gaps, significance; plus plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {table}", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `multikg4rec reproduce {table}` "
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command or 'multikg4rec reproduce ' + table}` "
              f"from {len(rows)} finished runs (`runs.csv`). Test metrics at K = 20 of the epoch chosen on valid "
              f"NDCG@20; mean ± std over seeds (one value when one seed has finished). Paper = the paper's MovieLens (ML) or Amazon-Books (AB) column; "
              f"gap = (ours - paper) / paper. Our KGs and features differ from the paper's (docs/results.md).", ""]
@@ -253,7 +254,8 @@ def _bar_plot(means: dict, dataset: str, path: Path, title: str) -> None:
 
 # --------------------------------------------------------------------------- Figure 4
 
-def figure4(datasets: list[str], common: dict, out: Path, n_users: int = 8, seed: int = 0) -> None:
+def figure4(datasets: list[str], common: dict, out: Path, n_users: int = 8, seed: int = 0,
+            command: str | None = None) -> None:
     """The case study: per-user modality attention of the seed-``seed`` Multi-KG4Rec run of each
     dataset (trained first if needed), for ``n_users`` users sampled with that seed. Writes
     ``fig4_<dataset>.csv`` (user x modality shares), a heatmap PNG, and each user's report."""
@@ -296,7 +298,7 @@ def figure4(datasets: list[str], common: dict, out: Path, n_users: int = 8, seed
         fig.savefig(out / f"fig4_{d}.png", dpi=120)
         plt.close(fig)
         lines = [f"# Figure 4 (case study), {d}", "",
-                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `multikg4rec reproduce fig4` from "
+                 f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command or 'multikg4rec reproduce fig4'}` from "
                  f"{res[0]['run_dir']} ({len(reports)} users sampled with seed {seed}). Per user, over their top "
                  f"train items: the Bi-Transformer attention mass on each modality's keys (`fusion`), each "
                  f"modality's share of the user's scores (`score`) and their mean (`modality`); "
@@ -353,12 +355,12 @@ def tune(model: str, dataset: str, budget: int, common: dict, out_root: Path = P
 # --------------------------------------------------------------------------- entry points
 
 def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_root: Path = Path("results"),
-              models: list[str] | None = None, only_summarize: bool = False) -> Path:
+              models: list[str] | None = None, only_summarize: bool = False, command: str | None = None) -> Path:
     out = out_root / table
     out.mkdir(parents=True, exist_ok=True)
     seed_list = list(range(seeds))
     if table == "fig4":
-        figure4(datasets, common, out)
+        figure4(datasets, common, out, command=command)
         return out
     jobs = table_jobs(table, datasets, seed_list, common, models)
     if not only_summarize:
@@ -367,7 +369,7 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     if not rows:
         raise UserError(f"no finished runs for {table} yet")
     write_csv(rows, out / "runs.csv")
-    print(summarize(table, rows, out))
+    print(summarize(table, rows, out, command=command))
     return out
 
 
