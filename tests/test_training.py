@@ -188,6 +188,7 @@ def test_peak_memory_is_per_run_not_per_process():
     """A sweep trains many runs in one process: each run's peak must start from a fresh window."""
     import numpy as np
     from multikg4rec.training import peak_rss_mb, reset_peak_rss
+    reset_peak_rss()                             # earlier tests in this process may have peaked higher
     base = peak_rss_mb()
     big = np.ones(300 * 2 ** 20 // 8)           # ~300 MB touched
     high = peak_rss_mb()
