@@ -100,3 +100,22 @@ def test_reproduce_fig4_writes_the_case_study(data_dir, tmp_path):
             assert float(r[f"{kind}:image"]) + float(r[f"{kind}:text"]) == pytest.approx(1.0, abs=1e-5)
             assert 0 <= float(r[f"{kind}:image"]) <= 1
     assert (out / "fig4_ml-100k.png").stat().st_size > 0 and "| user |" in (out / "fig4_ml-100k.md").read_text()
+
+
+def test_tables_survive_without_the_run_directories(data_dir, tmp_path):
+    """results/runs/ keeps each finished run's metrics, config and per-user metrics, so a new machine (no runs/)
+    re-tabulates and resumes a sweep without retraining what finished."""
+    import shutil
+    argv = ["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "1", "--models", "bprmf",
+            "--results", str(tmp_path / "res"), "--output-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
+            "--cache-dir", str(tmp_path / "c"), "--epochs", "1", "--embedding_size", "8"]
+    assert main(argv) == 0
+    kept = list((tmp_path / "res" / "runs").rglob("metrics.json"))
+    assert len(kept) == 1
+    assert {p.name for p in kept[0].parent.iterdir()} == {"metrics.json", "config.yaml", "per_user_test.npz"}
+    before = (tmp_path / "res" / "table2" / "runs.csv").read_text().splitlines()[1].split(",")[:7]
+    shutil.rmtree(tmp_path / "runs")                      # a fresh machine: no run directories
+    assert main(argv) == 0                                # the sweep finds the archived run ...
+    assert not (tmp_path / "runs").exists()               # ... and trains nothing
+    after = (tmp_path / "res" / "table2" / "runs.csv").read_text().splitlines()[1].split(",")[:7]
+    assert after == before

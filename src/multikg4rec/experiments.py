@@ -104,8 +104,37 @@ def _has_kg(dataset: str, common: dict) -> bool:
 
 # --------------------------------------------------------------------------- running
 
-def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file: Path | None = None) -> list[dict]:
-    """Run every job not finished yet, one after another; a failing job is logged and skipped."""
+#: the small files of a finished run that ``results/runs/`` keeps (a few KB each): enough for every table
+#: and the paired tests, so tables accumulate across machines without the git-ignored ``runs/`` directory
+ARCHIVE_FILES = ("metrics.json", "config.yaml", "per_user_test.npz")
+
+
+def archived(archive: Path | None, run_dir: Path) -> Path | None:
+    """The archive copy of ``run_dir`` (``<archive>/<dataset>/<model>/<name>``) if it holds a finished run."""
+    if archive is None:
+        return None
+    d = Path(archive).joinpath(*Path(run_dir).parts[-3:])
+    return d if (d / "metrics.json").is_file() else None
+
+
+def archive_runs(rows: list[dict], archive: Path) -> None:
+    """Copy the small files of each finished run into the archive (never overwriting a finished copy)."""
+    import shutil
+    for r in rows:
+        src = Path(r["run_dir"])
+        dst = Path(archive).joinpath(*src.parts[-3:])
+        if src == dst or (dst / "metrics.json").is_file():
+            continue
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in ARCHIVE_FILES[::-1]:                  # metrics.json last: it marks the copy complete
+            if (src / name).is_file():
+                shutil.copy2(src / name, dst / name)
+
+
+def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file: Path | None = None,
+             archive: Path | None = None) -> list[dict]:
+    """Run every job not finished yet (in the run directories or the ``archive``), one after another;
+    a failing job is logged and skipped."""
     from tqdm.auto import tqdm
 
     from .training import default_run_dir, run
@@ -114,6 +143,10 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
     for job in bar:
         cfg = job.config(common)
         rd = default_run_dir(cfg)
+        done = archived(archive, rd)
+        if done is not None and not (rd / "metrics.json").is_file():
+            rows.append({"job": job, "run_dir": done, "metrics": json.loads((done / "metrics.json").read_text())})
+            continue
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
         if status_file:
             status_file.write_text(json.dumps({"running": [job.label, job.dataset, job.seed, str(rd)],
@@ -135,12 +168,14 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
     return rows
 
 
-def collect(jobs: list[Job], common: dict) -> list[dict]:
-    """Finished runs of the jobs (read from their run directories)."""
+def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[dict]:
+    """Finished runs of the jobs (read from their run directories, else from the archive)."""
     from .training import default_run_dir
     rows = []
     for job in jobs:
         rd = default_run_dir(job.config(common))
+        if not (rd / "metrics.json").is_file():
+            rd = archived(archive, rd) or rd
         f = rd / "metrics.json"
         if f.is_file():
             rows.append({"job": job, "run_dir": rd, "metrics": json.loads(f.read_text())})
@@ -363,11 +398,13 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
         figure4(datasets, common, out, command=command)
         return out
     jobs = table_jobs(table, datasets, seed_list, common, models)
+    archive = out_root / "runs"
     if not only_summarize:
-        run_jobs(jobs, common, status_file=out / "status.json")
-    rows = collect(jobs, common)
+        run_jobs(jobs, common, status_file=out / "status.json", archive=archive)
+    rows = collect(jobs, common, archive)
     if not rows:
         raise UserError(f"no finished runs for {table} yet")
+    archive_runs(rows, archive)
     write_csv(rows, out / "runs.csv")
     print(summarize(table, rows, out, command=command))
     return out
