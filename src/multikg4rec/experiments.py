@@ -117,6 +117,11 @@ def archived(archive: Path | None, run_dir: Path) -> Path | None:
     return d if (d / "metrics.json").is_file() else None
 
 
+def finished_dir(run_dir: Path, archive: Path | None) -> Path | None:
+    """Where a finished run's files are: its run directory, else its archive copy, else None."""
+    return run_dir if (Path(run_dir) / "metrics.json").is_file() else archived(archive, run_dir)
+
+
 def archive_runs(rows: list[dict], archive: Path) -> None:
     """Copy the small files of each finished run into the archive (never overwriting a finished copy)."""
     import shutil
@@ -143,8 +148,8 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
     for job in bar:
         cfg = job.config(common)
         rd = default_run_dir(cfg)
-        done = archived(archive, rd)
-        if done is not None and not (rd / "metrics.json").is_file():
+        done = finished_dir(rd, archive)
+        if done is not None and done != rd:               # finished on another machine: read, do not retrain
             rows.append({"job": job, "run_dir": done, "metrics": json.loads((done / "metrics.json").read_text())})
             continue
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
@@ -173,12 +178,9 @@ def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[
     from .training import default_run_dir
     rows = []
     for job in jobs:
-        rd = default_run_dir(job.config(common))
-        if not (rd / "metrics.json").is_file():
-            rd = archived(archive, rd) or rd
-        f = rd / "metrics.json"
-        if f.is_file():
-            rows.append({"job": job, "run_dir": rd, "metrics": json.loads(f.read_text())})
+        rd = finished_dir(default_run_dir(job.config(common)), archive)
+        if rd is not None:
+            rows.append({"job": job, "run_dir": rd, "metrics": json.loads((rd / "metrics.json").read_text())})
     return rows
 
 
