@@ -219,6 +219,27 @@ def test_propagation_shapes_normalisation_and_gradient():
         assert all(p.grad is not None for p in prop.parameters())
 
 
+def test_propagation_rows_equal_the_rows_of_the_full_output():
+    """rows= (the CF step's users and items only) returns exactly those rows, with the same gradients."""
+    torch.manual_seed(0)
+    h, r, t, n = small_graph()
+    with torch.no_grad():
+        adj = KnowledgeAwareAttention(h, r, t, n)(torch.randn(n, 8), TransR(4, 8, 8))
+    prop = KGPropagation(8, (8, 4, 2), "bi-interaction", dropout=0.0)
+    rows = torch.tensor([3, 0, 1, n - 1])
+    x = torch.randn(n, 8, requires_grad=True)
+    w = torch.randn(len(rows), prop.out_dim)
+    full = prop(x, adj)
+    (full[rows] * w).sum().backward()
+    g_full, x.grad = x.grad.clone(), None
+    part = prop(x, adj, rows=rows)
+    (part * w).sum().backward()
+    assert torch.allclose(part, full[rows], atol=1e-6)
+    assert torch.allclose(x.grad, g_full, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(prop(x, adj, return_layers=True, rows=rows),
+                                                                  (o[rows] for o in prop(x, adj, return_layers=True))))
+
+
 def test_message_dropout_only_in_training():
     torch.manual_seed(0)
     _, x, _ = three_node_case()

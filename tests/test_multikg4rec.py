@@ -268,3 +268,22 @@ def test_fused_rows_start_at_the_scale_of_the_tables_and_item_id_option(ml100k_s
         rows = ided.node_rows("text", with_content)
         expect = ided._embed("text", ided.raw_text[ided.crow_text[with_content]]) + ided.id_emb["text"].weight[with_content]
     assert torch.allclose(rows, expect, atol=1e-6)
+
+
+def test_epoch_diagnostics_attention_concentration_and_norms(ml100k_small, features):
+    """diagnostics() (written to log.jsonl each epoch): users' mean largest attention weight per table
+    (uniform attention gives the mean of 1/degree over users) and mean layer-0 row norms."""
+    m = build(ml100k_small, features, attention=False)
+    assert m.diagnostics() == {}
+    m.on_epoch_end(1)
+    diag = m.diagnostics()
+    head = m.attention.structure.row
+    deg = torch.bincount(head, minlength=m.n_nodes).float()[m.n_entities:]
+    for t in ("image", "text"):
+        assert diag[t]["user_max_att"] == pytest.approx((1.0 / deg[deg > 0]).mean().item(), abs=1e-4)
+        with torch.no_grad():
+            l0 = m.layer0(m.pre_tables(), m.fuse(m.pre_tables()))[t]
+        assert diag[t]["item_norm"] == pytest.approx(l0[: m.n_items].norm(dim=1).mean().item(), abs=1e-3)
+    m = build(ml100k_small, features)
+    m.on_epoch_end(1)   # learned attention is more concentrated than uniform, never above 1
+    assert all(1.0 >= m.diagnostics()[t]["user_max_att"] > diag[t]["user_max_att"] for t in ("image", "text"))

@@ -26,6 +26,9 @@ CONFIG_ROOT = resources.files("multikg4rec") / "configs"
 
 #: keys that describe where/how a run happens, not what it computes (excluded from the run hash)
 NON_SEMANTIC_KEYS = {"threads", "output_dir", "data_dir", "cache_dir", "eval_batch_size", "quiet"}
+#: options added after runs were archived, with the value that reproduces the behaviour before them:
+#: left out of the hash at that value, so adding an option does not rename (and orphan) finished runs
+NEUTRAL_VALUES: dict[str, object] = {}
 
 
 def _read_yaml(path) -> dict:
@@ -91,7 +94,8 @@ def load_config(model: str, dataset: str, config_file: str | None = None,
 
 def config_hash(cfg: dict) -> str:
     """Hash of everything that changes a run's result."""
-    sem = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    sem = {k: v for k, v in cfg.items()
+           if k not in NON_SEMANTIC_KEYS and not (k in NEUTRAL_VALUES and v == NEUTRAL_VALUES[k])}
     return hashlib.sha1(json.dumps(sem, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

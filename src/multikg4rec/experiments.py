@@ -104,9 +104,10 @@ def _has_kg(dataset: str, common: dict) -> bool:
 
 # --------------------------------------------------------------------------- running
 
-#: the small files of a finished run that ``results/runs/`` keeps (a few KB each): enough for every table
-#: and the paired tests, so tables accumulate across machines without the git-ignored ``runs/`` directory
-ARCHIVE_FILES = ("metrics.json", "config.yaml", "per_user_test.npz")
+#: the small files of a finished run that ``results/runs/`` keeps (a few KB each): enough for every table,
+#: the paired tests and the learning curves (log.jsonl), so tables accumulate across machines without the
+#: git-ignored ``runs/`` directory
+ARCHIVE_FILES = ("metrics.json", "config.yaml", "per_user_test.npz", "log.jsonl")
 
 
 def archived(archive: Path | None, run_dir: Path) -> Path | None:

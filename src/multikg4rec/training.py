@@ -217,6 +217,9 @@ class Trainer:
                 if self.kg_sampler is not None:
                     row["kg_loss"] = self._pass(self.kg_sampler, self.model.calculate_kg_loss, f"epoch {epoch} KG")
                 self.model.on_epoch_end(epoch)
+                diag = self.model.diagnostics()
+                if diag:
+                    row["diag"] = diag
                 row["train_seconds"] = round(time.perf_counter() - t0, 3)
                 self.train_seconds.append(row["train_seconds"])
                 stop = False

@@ -53,6 +53,12 @@ class Recommender(nn.Module):
     def calculate_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
+    def ckg_ui_rows(self) -> torch.Tensor:
+        """CKG node ids of the items, then the users (``Dataset.ckg()`` numbers entities
+        first, items 0..n_items-1 among them, then users): the only rows of a CKG
+        propagation that the CF loss and the ranking read."""
+        return torch.cat([torch.arange(self.n_items), self.n_entities + torch.arange(self.n_users)])
+
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(n_users, d)`` and ``(n_items, d)`` whose inner products are the scores, for
         models that score that way (then ``prepare_eval`` / ``full_sort_predict`` come
@@ -78,6 +84,11 @@ class Recommender(nn.Module):
 
     def on_epoch_end(self, epoch: int) -> None:
         pass
+
+    def diagnostics(self) -> dict:
+        """Small per-epoch numbers about the model's state, written to the run's log.jsonl
+        beside the losses (e.g. attention concentration, embedding norms); {} = none."""
+        return {}
 
     def prepare_eval(self) -> None:
         with torch.no_grad():

@@ -60,6 +60,7 @@ class KGAT(Recommender):
         self.propagation = KGPropagation(d, config["layers"], config["aggregator"], config["mess_dropout"])
         # attention values in CSR order; a buffer so checkpoints resume with the same adjacency
         self.register_buffer("att_values", self._uniform_attention())
+        self.register_buffer("ui_rows", self.ckg_ui_rows(), persistent=False)
 
     # ---- attention
     def _uniform_attention(self) -> torch.Tensor:
@@ -87,8 +88,8 @@ class KGAT(Recommender):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings (Eq. 11): users (n_users, d_out), items (n_items, d_out),
         d_out = embedding_size + sum(layers)."""
-        out = self.propagation(self.node_emb.weight, self.adjacency)       # (n_nodes, d_out)
-        return out[self.n_entities:], out[: self.n_items]
+        out = self.propagation(self.node_emb.weight, self.adjacency, rows=self.ui_rows)  # items, then users
+        return out[self.n_items:], out[: self.n_items]
 
     def calculate_loss(self, batch):
         users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
@@ -97,8 +98,8 @@ class KGAT(Recommender):
         u, p, n = u_all.index_select(0, users), i_all.index_select(0, pos), i_all.index_select(0, neg)
         bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()      # Eq. 12-13
         ego = self.node_emb.weight
-        reg = self.l2_reg(ego.index_select(0, users + self.n_entities), ego.index_select(0, pos),
-                          ego.index_select(0, neg))                            # Eq. 15, lambda term
+        ids = torch.cat([users + self.n_entities, pos, neg])   # one gather = one (n_nodes, d) buffer in backward
+        reg = self.l2_reg(*ego.index_select(0, ids).split([len(users), len(pos), len(neg)]))  # Eq. 15, lambda
         return bpr + self.reg_weight * reg
 
     def calculate_kg_loss(self, batch):

@@ -164,6 +164,7 @@ class MultiKG4Rec(Recommender):
         self.attention = KnowledgeAwareAttention(ckg.head, ckg.relation, ckg.tail, ckg.n_nodes)
         self.propagation = nn.ModuleDict({t: KGPropagation(d, config["layers"], config["aggregator"],
                                                            config["mess_dropout"]) for t in self.tables})
+        self.register_buffer("ui_rows", self.ckg_ui_rows(), persistent=False)
         uniform = self._uniform_attention()
         for t in self.tables:   # attention values in CSR order, persistent so a resumed run keeps them
             self.register_buffer(f"att_{t}", uniform.clone())
@@ -322,10 +323,31 @@ class MultiKG4Rec(Recommender):
         the current layer-0 tables (fused item rows) and TransR parameters."""
         pre = self.pre_tables()
         fused = self._fuse_all_nograd(pre) if self.use_fusion else None
+        l0 = self.layer0(pre, fused)
         if self.use_attention:
-            l0 = self.layer0(pre, fused)
             for t in self.tables:
                 getattr(self, f"att_{t}").copy_(self.attention(l0[t], self.transr[t]).values)
+        self._diag = self._state_summary(l0)
+
+    @torch.no_grad()
+    def _state_summary(self, l0) -> dict:
+        """Per table: users' mean largest attention weight (uniform would be the mean
+        1/degree), and the mean norm of the layer-0 rows of items and users."""
+        head = self.attention.structure.row
+        users = head >= self.n_entities
+        n = self.n_nodes
+        out = {}
+        for t in self.tables:
+            att = getattr(self, f"att_{t}")
+            top = torch.zeros(n).scatter_reduce(0, head[users], att[users], "amax", include_self=False)
+            norms = l0[t].norm(dim=1)
+            out[t] = {"user_max_att": round(float(top[self.n_entities:].mean()), 4),
+                      "item_norm": round(float(norms[: self.n_items].mean()), 4),
+                      "user_norm": round(float(norms[self.n_entities:].mean()), 4)}
+        return out
+
+    def diagnostics(self) -> dict:
+        return getattr(self, "_diag", {})
 
     def on_epoch_end(self, epoch: int) -> None:
         self.update_attention()
@@ -336,9 +358,10 @@ class MultiKG4Rec(Recommender):
         pre = self.pre_tables()
         fused = self._fused_items(pre, items) if self.use_fusion else None
         l0 = self.layer0(pre, fused)
-        outs = [self.propagation[t](l0[t], self.adjacency(t)) for t in self.tables]  # e^(0) || ... || e^(L)
+        outs = [self.propagation[t](l0[t], self.adjacency(t), rows=self.ui_rows)  # e^(0) || ... || e^(L)
+                for t in self.tables]                                           # (items, then users)
         out = torch.cat(outs, dim=1)                                          # e* = e^{v*} || e^{t*}
-        return out[self.n_entities:], out[: self.n_items], l0
+        return out[self.n_items:], out[: self.n_items], l0
 
     # ------------------------------------------------------------------ §5-§6 prediction and loss
     def calculate_loss(self, batch):
