@@ -112,7 +112,7 @@ def test_tables_survive_without_the_run_directories(data_dir, tmp_path):
     assert main(argv) == 0
     kept = list((tmp_path / "res" / "runs").rglob("metrics.json"))
     assert len(kept) == 1
-    assert {p.name for p in kept[0].parent.iterdir()} == {"metrics.json", "config.yaml", "per_user_test.npz"}
+    assert {p.name for p in kept[0].parent.iterdir()} == {"metrics.json", "config.yaml", "per_user_test.npz", "log.jsonl"}
     before = (tmp_path / "res" / "table2" / "runs.csv").read_text().splitlines()[1].split(",")[:7]
     shutil.rmtree(tmp_path / "runs")                      # a fresh machine: no run directories
     assert main(argv) == 0                                # the sweep finds the archived run ...
