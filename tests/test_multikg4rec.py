@@ -287,3 +287,21 @@ def test_epoch_diagnostics_attention_concentration_and_norms(ml100k_small, featu
     m = build(ml100k_small, features)
     m.on_epoch_end(1)   # learned attention is more concentrated than uniform, never above 1
     assert all(1.0 >= m.diagnostics()[t]["user_max_att"] > diag[t]["user_max_att"] for t in ("image", "text"))
+
+
+def test_item_id_embedding_fused_adds_the_id_row_to_the_fused_row(ml100k_small, features):
+    """item_id_embedding: fused -> layer-0 item row = z_i^m + ID_i^m; pre-fusion tables (and TransR) unchanged."""
+    plain = build(ml100k_small, features).eval()
+    fused = build(ml100k_small, features, item_id_embedding="fused").eval()
+    with torch.no_grad():
+        fused.id_emb["text"].weight.normal_()            # make the ID rows matter
+        pre = fused.pre_tables()
+        z = fused.fuse(pre)
+        l0 = fused.layer0(pre, z)
+        n = ml100k_small.n_items
+        for t in ("image", "text"):
+            assert torch.allclose(l0[t][:n], z[t] + fused.id_emb[t].weight[:n])
+            assert torch.equal(l0[t][n:], pre[t][n:])
+        assert torch.equal(plain.idw_text, fused.idw_text)  # the pre-fusion tables are SPEC §2's
+    with pytest.raises(UserError, match="item_id_embedding"):
+        build(ml100k_small, features, item_id_embedding="yes")
