@@ -1,8 +1,13 @@
-"""KGAT's CF step (full CKG propagation + BPR + backward + Adam): only the user and item rows
-(``KGPropagation(rows=...)``, the current code) against the whole (n_nodes, d_out) output sliced
-afterwards (the propagation before 2026-11-30; both use the current L2 term), interleaved in ONE process so both see the same load.
+"""KGAT's CF step (full CKG propagation + BPR + backward + Adam) and KG step (TransR + backward + Adam),
+before and after the 2026-11-30 changes, interleaved in ONE process so every variant sees the same load:
 
-    python bench/bench_kgat_step.py --dataset ml-100k --steps 10 --reps 3 --write bench/results/kgat_step.md
+* propagation: the whole (n_nodes, d_out) output sliced afterwards (before) vs only the user and item rows
+  (``KGPropagation(rows=...)``, now); both with the current one-gather L2 term;
+* optimiser: torch's default CPU Adam (before) vs ``Adam(fused=True)`` (now, ``Trainer``);
+* KG step: three embedding lookups and ``W[k]`` per relation group (before, re-created below) vs one lookup
+  and ``W.unbind(0)`` (now, ``KGAT.calculate_kg_loss`` / ``TransR.project``).
+
+    python bench/bench_kgat_step.py --dataset ml-100k --steps 10 --reps 5 --write bench/results/kgat_step.md
 """
 from __future__ import annotations
 
@@ -18,14 +23,14 @@ import torch
 
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
-from multikg4rec.sampling import BPRSampler
+from multikg4rec.sampling import BPRSampler, KGSampler
 from multikg4rec.training import build_model
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="ml-100k")
-    ap.add_argument("--steps", type=int, default=10, help="CF steps per timed block")
+    ap.add_argument("--steps", type=int, default=10, help="steps per timed block")
     ap.add_argument("--reps", type=int, default=3, help="timed blocks per variant (interleaved)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--write", type=Path)
@@ -34,42 +39,79 @@ def main() -> None:
     cfg = load_config("kgat", args.dataset, None, {"seed": 0})
     ds = load_dataset(args.dataset, cfg)
     model = build_model(cfg, ds).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg["learning_rate"])
-    sampler = BPRSampler(ds.train, ds.n_items, cfg["batch_size"], np.random.default_rng(0))
-    batches = [b for _, b in zip(range(args.steps), sampler)]
+    lr = cfg["learning_rate"]
+    opts = {"default": torch.optim.Adam(model.parameters(), lr=lr),
+            "fused": torch.optim.Adam(model.parameters(), lr=lr, fused=True)}
+    rng = np.random.default_rng(0)
+    cf = [b for _, b in zip(range(args.steps), BPRSampler(ds.train, ds.n_items, cfg["batch_size"], rng))]
+    triples, n_nodes = model.kg_train_triples()
+    kg = [b for _, b in zip(range(args.steps), KGSampler(triples, n_nodes, cfg["kg_batch_size"], rng))]
+    rows_only = model.propagate
+
+    def kg_before(batch):                   # the KG loss as it was: 3 lookups, W[k] per relation group
+        tr, emb, r = model.transr, model.node_emb, batch["relations"]
+        order = torch.argsort(r, stable=True)
+        rels, counts = torch.unique_consecutive(r[order], return_counts=True)
+        inv = torch.empty_like(order)
+        inv[order] = torch.arange(order.shape[0])
+
+        def project(e):
+            return torch.cat([c @ tr.W[k] for c, k in zip(e[order].split(counts.tolist()), rels.tolist())])[inv]
+        eh, ept, ent = emb(batch["heads"]), emb(batch["pos_tails"]), emb(batch["neg_tails"])
+        ph, ppt, pnt = project(eh), project(ept), project(ent)
+        er = tr.relation_emb.index_select(0, r)
+        pos, neg = (ph + er - ppt).pow(2).sum(-1), (ph + er - pnt).pow(2).sum(-1)
+        reg = (ph.pow(2).sum() + er.pow(2).sum() + ppt.pow(2).sum() + pnt.pow(2).sum()) / (2 * len(r))
+        return -torch.nn.functional.logsigmoid(neg - pos).mean() + model.kg_reg_weight * reg
 
     def whole_table():                      # before: every node's (n_nodes, 176) row, sliced afterwards
         out = model.propagation(model.node_emb.weight, model.adjacency)
         return out[model.n_entities:], out[: model.n_items]
 
-    variants = {"whole table, sliced": whole_table, "user + item rows only": model.propagate}
+    variants = {  # name -> (step kind, propagate, optimiser)
+        "CF: whole table, default Adam (before)": ("cf", whole_table, "default"),
+        "CF: user + item rows, default Adam": ("cf", rows_only, "default"),
+        "CF: user + item rows, fused Adam (now)": ("cf", rows_only, "fused"),
+        "KG: 3 lookups, W[k], default Adam (before)": ("kg_before", rows_only, "default"),
+        "KG: 1 lookup, W.unbind, default Adam": ("kg", rows_only, "default"),
+        "KG: 1 lookup, W.unbind, fused Adam (now)": ("kg", rows_only, "fused"),
+    }
 
-    def block(prop) -> float:
+    def block(kind, prop, opt_name) -> float:
         model.propagate = prop
+        opt = opts[opt_name]
+        loss_fn, batches = {"cf": (model.calculate_loss, cf), "kg": (model.calculate_kg_loss, kg),
+                            "kg_before": (kg_before, kg)}[kind]
         t = time.perf_counter()
         for b in batches:
             opt.zero_grad(set_to_none=True)
-            model.calculate_loss(b).backward()
+            loss_fn(b).backward()
             opt.step()
         return (time.perf_counter() - t) / len(batches)
 
-    block(whole_table)                      # warm-up
+    for v in variants.values():             # warm-up (also creates both optimisers' state)
+        block(*v)
     times = {k: [] for k in variants}
     for _ in range(args.reps):
-        for k, f in variants.items():
-            times[k].append(block(f))
+        for k, v in variants.items():
+            times[k].append(block(*v))
     ckg = ds.ckg()
-    base = statistics.median(times["whole table, sliced"])
-    lines = [f"# KGAT CF step, {args.dataset} ({ckg.n_nodes:,} CKG nodes, {len(ckg.head):,} edges, "
-             f"batch {cfg['batch_size']}, {args.threads} thread)", "",
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = {"cf": med["CF: whole table, default Adam (before)"],
+            "kg": med["KG: 3 lookups, W[k], default Adam (before)"]}
+    base["kg_before"] = base["kg"]
+    lines = [f"# KGAT training steps, {args.dataset} ({ckg.n_nodes:,} CKG nodes, {len(ckg.head):,} edges, "
+             f"CF batch {cfg['batch_size']}, KG batch {cfg['kg_batch_size']}, {args.threads} thread)", "",
              f"`python bench/bench_kgat_step.py --dataset {args.dataset} --steps {args.steps} --reps {args.reps}`, "
-             f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, torch {torch.__version__}; "
-             f"median of {args.reps} interleaved blocks of {args.steps} steps; peak RSS "
-             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (process).", "",
-             "| variant (both with the one-gather L2 term) | ms per CF step (median) | blocks | ratio to before |", "|---|---|---|---|"]
+             f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}; median of "
+             f"{args.reps} interleaved blocks of {args.steps} steps; peak RSS "
+             f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (process, all variants). "
+             f"One epoch is {len(BPRSampler(ds.train, ds.n_items, cfg['batch_size'], rng))} CF steps and "
+             f"{len(KGSampler(triples, n_nodes, cfg['kg_batch_size'], rng))} KG steps.", "",
+             "| variant | ms per step (median) | blocks | ratio to before |", "|---|---|---|---|"]
     for k, v in times.items():
-        med = statistics.median(v)
-        lines.append(f"| {k} | {med * 1e3:.0f} | {', '.join(f'{x * 1e3:.0f}' for x in v)} | {med / base:.2f} |")
+        lines.append(f"| {k} | {med[k] * 1e3:.1f} | {', '.join(f'{x * 1e3:.0f}' for x in v)} | "
+                     f"{med[k] / base[variants[k][0]]:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

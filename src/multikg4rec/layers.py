@@ -93,9 +93,12 @@ class TransR(nn.Module):
         inv = torch.empty_like(order)
         inv[order] = torch.arange(order.shape[0], device=order.device)
         sizes, rels = counts.tolist(), rels.tolist()
+        # unbind: ONE (R, d_e, d_r) gradient buffer in the backward; indexing W[k] per group would zero-fill
+        # a full (R, d_e, d_r) tensor per group (ml-100k: ~140 per KG step, a third of its time)
+        w = self.W.unbind(0)
         outs = []
         for e in (emb, *more):
-            parts = [chunk @ self.W[k] for chunk, k in zip(e[order].split(sizes), rels)]
+            parts = [chunk @ w[k] for chunk, k in zip(e[order].split(sizes), rels)]
             proj = torch.cat(parts) if parts else e.new_zeros(0, self.relation_dim)
             outs.append(proj[inv])
         return outs[0] if not more else tuple(outs)

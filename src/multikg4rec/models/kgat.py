@@ -103,9 +103,9 @@ class KGAT(Recommender):
         return bpr + self.reg_weight * reg
 
     def calculate_kg_loss(self, batch):
-        emb = self.node_emb
-        return self.transr.loss(emb(batch["heads"]), batch["relations"], emb(batch["pos_tails"]),
-                                emb(batch["neg_tails"]), self.kg_reg_weight)  # Eq. 1-2
+        h, pt, nt = batch["heads"], batch["pos_tails"], batch["neg_tails"]
+        eh, ept, ent = self.node_emb(torch.cat([h, pt, nt])).split([len(h), len(pt), len(nt)])  # one lookup
+        return self.transr.loss(eh, batch["relations"], ept, ent, self.kg_reg_weight)           # Eq. 1-2
 
     # ---- evaluation
     def final_embeddings(self):

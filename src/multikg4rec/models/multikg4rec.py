@@ -256,11 +256,11 @@ class MultiKG4Rec(Recommender):
         """Rows of the pre-fusion table t for each index tensor in ``nodes``. The modal
         projection runs once per node with content: over the whole table when the
         batch touches more rows than there are content rows, else over the batch only."""
-        n_rows = sum(x.shape[0] for x in nodes)
-        if t not in self.modalities or n_rows >= getattr(self, f"raw_{t}").shape[0]:
-            tab = self.pre_tables([t])[t]
-            return [tab[x] for x in nodes]
-        return [self.node_rows(t, x) for x in nodes]
+        sizes = [x.shape[0] for x in nodes]
+        idx = torch.cat(nodes)                  # one gather: one (n_nodes, d) gradient buffer in the backward
+        if t not in self.modalities or idx.shape[0] >= getattr(self, f"raw_{t}").shape[0]:
+            return list(self.pre_tables([t])[t].index_select(0, idx).split(sizes))
+        return list(self.node_rows(t, idx).split(sizes))
 
     def calculate_kg_loss(self, batch):
         """TransR on each modality's 64-d table (SPEC §2), summed over modalities:
