@@ -68,6 +68,19 @@ def _cfg(model, tmp_path, **kw):
 
 
 @pytest.mark.parametrize("model", ["bprmf", "lightgcn"])
+def test_config_hash_ignores_new_options_at_their_neutral_value(monkeypatch):
+    """A key listed in NEUTRAL_VALUES leaves the run's name unchanged at that value (finished runs stay found)
+    and changes it at any other value; every other key always counts."""
+    from multikg4rec import config as C
+    cfg = load_config("bprmf", "ml-100k", None, {"seed": 3})
+    before = C.config_hash(cfg)
+    monkeypatch.setattr(C, "NEUTRAL_VALUES", {"new_option": None})
+    assert C.config_hash(cfg | {"new_option": None}) == before
+    assert C.config_hash(cfg | {"new_option": 0.5}) != before
+    assert C.config_hash(cfg | {"seed": 4}) != before
+    assert C.config_hash(cfg | {"threads": 7}) == before        # non-semantic keys never count
+
+
 def test_one_model_trains_and_writes_artefacts(ml100k_small, tmp_path, model):
     res = run(_cfg(model, tmp_path), dataset=ml100k_small, quiet=True)
     d = res.run_dir
