@@ -43,9 +43,10 @@ def main() -> None:
     opts = {"default": torch.optim.Adam(model.parameters(), lr=lr),
             "fused": torch.optim.Adam(model.parameters(), lr=lr, fused=True)}
     rng = np.random.default_rng(0)
-    cf = [b for _, b in zip(range(args.steps), BPRSampler(ds.train, ds.n_items, cfg["batch_size"], rng))]
-    triples, n_nodes = model.kg_train_triples()
-    kg = [b for _, b in zip(range(args.steps), KGSampler(triples, n_nodes, cfg["kg_batch_size"], rng))]
+    cf_sampler = BPRSampler(ds.train, ds.n_items, cfg["batch_size"], rng)
+    kg_sampler = KGSampler(*model.kg_train_triples(), cfg["kg_batch_size"], rng)
+    cf = [b for _, b in zip(range(args.steps), cf_sampler)]
+    kg = [b for _, b in zip(range(args.steps), kg_sampler)]
     rows_only = model.propagate
 
     def kg_before(batch):                   # the KG loss as it was: 3 lookups, W[k] per relation group
@@ -106,8 +107,7 @@ def main() -> None:
              f"{time.strftime('%Y-%m-%d')}, {platform.machine()}, torch {torch.__version__}; median of "
              f"{args.reps} interleaved blocks of {args.steps} steps; peak RSS "
              f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB (process, all variants). "
-             f"One epoch is {len(BPRSampler(ds.train, ds.n_items, cfg['batch_size'], rng))} CF steps and "
-             f"{len(KGSampler(triples, n_nodes, cfg['kg_batch_size'], rng))} KG steps.", "",
+             f"One epoch is {len(cf_sampler)} CF steps and {len(kg_sampler)} KG steps.", "",
              "| variant | ms per step (median) | blocks | ratio to before |", "|---|---|---|---|"]
     for k, v in times.items():
         lines.append(f"| {k} | {med[k] * 1e3:.1f} | {', '.join(f'{x * 1e3:.0f}' for x in v)} | "

@@ -94,7 +94,7 @@ class TransR(nn.Module):
         inv[order] = torch.arange(order.shape[0], device=order.device)
         sizes, rels = counts.tolist(), rels.tolist()
         # unbind: ONE (R, d_e, d_r) gradient buffer in the backward; indexing W[k] per group would zero-fill
-        # a full (R, d_e, d_r) tensor per group (ml-100k: ~140 per KG step, a third of its time)
+        # a full (R, d_e, d_r) tensor per group (~140 per KGAT KG step on ml-100k; bench/results/kgat_step.md)
         w = self.W.unbind(0)
         outs = []
         for e in (emb, *more):
@@ -466,8 +466,8 @@ class KGPropagation(nn.Module):
         all N nodes (each needs its neighbours' previous layer); only the normalisation
         and the concatenation, and their backward, shrink to R rows. Same values as
         ``forward(x, adj)[rows]`` (up to float summation order in the backward): on
-        ml-100k's CKG (35,651 nodes, 2,517 of them users and items) KGAT's CF step is
-        ~10% faster (bench/results/kgat_step.md)."""
+        ml-100k's CKG (35,651 nodes, 2,517 of them users and items) KGAT's CF step
+        takes 0.89x the time (bench/results/kgat_step.md)."""
         pick = (lambda z: z) if rows is None else (lambda z: z.index_select(0, rows))  # noqa: E731
         outs = [pick(x)]
         h = x

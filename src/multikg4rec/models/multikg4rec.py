@@ -50,7 +50,8 @@ them before the fusion, as users have; ``fused`` adds it to the item's fused row
 parameters beside its content. Why it matters: a linear projection of 384-d text
 features cannot give 1,574 items arbitrary 64-d rows, and every step moves all
 items' rows at once through the shared W_m (ml-100k: the default's training loss
-stalls near 0.21 and valid NDCG swings ±0.01 per epoch, where KGAT's falls to 0.13).
+stalls near 0.2 and valid NDCG@20 swings ~0.008 per epoch, where KGAT's loss falls to
+0.13 and its valid swings 0.002; results/diagnosis/README.md).
 
 Cost (choice, ``fusion_items``): one CF step propagates once per modality over the
 whole CKG and needs the fused feature of every item. Fusing all items with
@@ -346,11 +347,10 @@ class MultiKG4Rec(Recommender):
         1/degree), and the mean norm of the layer-0 rows of items and users."""
         head = self.attention.structure.row
         users = head >= self.n_entities
-        n = self.n_nodes
         out = {}
         for t in self.tables:
             att = getattr(self, f"att_{t}")
-            top = torch.zeros(n).scatter_reduce(0, head[users], att[users], "amax", include_self=False)
+            top = att.new_zeros(self.n_nodes).scatter_reduce(0, head[users], att[users], "amax", include_self=False)
             norms = l0[t].norm(dim=1)
             out[t] = {"user_max_att": round(float(top[self.n_entities:].mean()), 4),
                       "item_norm": round(float(norms[: self.n_items].mean()), 4),
