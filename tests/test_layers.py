@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multikg4rec.layers import (Aggregator, KGPropagation, KnowledgeAwareAttention, SparseAdjacency, TransR,
-                                propagate, segment_softmax)
+from multikg4rec.layers import (Aggregator, KGPropagation, KnowledgeAwareAttention, MessageDropout,
+                                SparseAdjacency, TransR, propagate, segment_softmax)
 
 
 def small_graph(seed=0, n=9, e=40, n_rel=4):
@@ -251,6 +251,54 @@ def test_message_dropout_only_in_training():
     prop.train()
     outs = [prop(x, adj) for _ in range(5)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
+
+
+def test_message_dropout_keeps_one_minus_p_and_preserves_the_mean():
+    torch.manual_seed(0)
+    drop = MessageDropout(0.1)
+    x = torch.full((400, 250), 2.0, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    scale = 65536 / (65536 - round(0.1 * 65536))
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 2.0 * scale))   # inverted dropout scale
+    assert abs(kept.float().mean().item() - 0.9) < 0.005                    # 100K draws: sd 0.001
+    assert abs(kept[:, 0::4].float().mean().item() - 0.9) < 0.01            # every 16-bit lane of a word
+    assert abs(kept[:, 3::4].float().mean().item() - 0.9) < 0.01
+    assert abs(y.mean().item() - 2.0) < 0.02                                # E[dropout(x)] = x
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], scale))
+    torch.manual_seed(1)
+    a = drop(x.detach())
+    torch.manual_seed(1)
+    assert torch.equal(a, drop(x.detach()))                                 # seeded like nn.Dropout
+    drop.eval()
+    assert drop(x) is x
+    assert torch.equal(MessageDropout(1.0).train()(x), torch.zeros_like(x))
+    assert MessageDropout(0.0).train()(x) is x
+    with pytest.raises(ValueError):
+        MessageDropout(1.5)
+
+
+def test_row_slice_is_the_rows_of_the_adjacency_with_gradients_and_follows_value_changes():
+    h, r, t, n = small_graph(3)
+    vals = torch.rand(len(h), requires_grad=True)
+    adj = SparseAdjacency.from_edges(h, t, vals, (n, n))
+    rows = torch.tensor([5, 0, 8, 2])
+    sub = adj.row_slice(rows)
+    assert sub.shape == (4, n)
+    assert torch.allclose(sub.to_dense(), adj.to_dense()[rows])
+    x = torch.randn(n, 3, requires_grad=True)
+    w = torch.randn(4, 3)
+    gx, gv = torch.autograd.grad((propagate(sub, x) * w).sum(), [x, vals], retain_graph=True)
+    gx_ref, gv_ref = torch.autograd.grad((propagate(adj, x)[rows] * w).sum(), [x, vals])
+    assert torch.allclose(gx, gx_ref, atol=1e-6) and torch.allclose(gv, gv_ref, atol=1e-6)
+    fixed = adj.values.detach().clone()
+    a1 = SparseAdjacency.from_edges(h, t, None, (n, n)).with_values(fixed)
+    s1 = a1.row_slice(rows)
+    assert a1.row_slice(rows.clone()) is s1                                 # cached while values are unchanged
+    with torch.no_grad():
+        fixed.mul_(2.0)                                                     # attention update in place
+    assert torch.allclose(a1.row_slice(rows).to_dense(), a1.to_dense()[rows])
 
 
 def test_layer_output_is_l2_normalised_not_next_input():

@@ -78,6 +78,22 @@ def test_config_hash_ignores_new_options_at_their_neutral_value(monkeypatch):
     assert C.config_hash(cfg | {"new_option": 0.5}) != before
     assert C.config_hash(cfg | {"seed": 4}) != before
     assert C.config_hash(cfg | {"threads": 7}) == before        # non-semantic keys never count
+    assert C.config_hash(cfg | {"tune_allocator": False}) == before
+
+
+def test_tune_allocator_takes_effect_on_glibc_and_changes_no_result(ml100k_small, tmp_path):
+    """runtime.configure raises glibc's malloc thresholds (CI and these machines are glibc Linux); a run's
+    metrics do not depend on it (it only changes where buffers live)."""
+    import platform
+
+    from multikg4rec import runtime
+    if platform.libc_ver()[0] == "glibc":
+        assert runtime.tune_allocator() is True
+    else:
+        assert runtime.tune_allocator() is False
+    a = run(_cfg("bprmf", tmp_path / "a", tune_allocator=True), dataset=ml100k_small, quiet=True).metrics
+    b = run(_cfg("bprmf", tmp_path / "b", tune_allocator=False), dataset=ml100k_small, quiet=True).metrics
+    assert a["test"] == b["test"]
 
 
 @pytest.mark.parametrize("model", ["bprmf", "lightgcn"])

@@ -11,6 +11,7 @@ Every piece exists once here and is used by each model that needs it:
 * :class:`KnowledgeAwareAttention` -- ``pi(h, r, t)`` and its softmax over the
   triples of each head -> the attention adjacency ``A`` with ``e_{N_h} = (A e)_h``
   (SPEC §4, KGAT Eq. 4-5).
+* :class:`MessageDropout` -- dropout with a mask drawn 16 bits per element.
 * :class:`Aggregator` -- Bi-Interaction / GCN / GraphSAGE (SPEC §4, KGAT Eq. 6-8).
 * :class:`KGPropagation` -- L stacked aggregators with message dropout, each
   layer's output L2-normalised and concatenated with the input (SPEC §4-5,
@@ -39,7 +40,7 @@ from torch import nn
 
 __all__ = [
     "TransR", "segment_softmax", "SparseAdjacency", "propagate", "KnowledgeAwareAttention",
-    "Aggregator", "KGPropagation", "AGGREGATORS",
+    "MessageDropout", "Aggregator", "KGPropagation", "AGGREGATORS",
 ]
 
 AGGREGATORS = ("bi-interaction", "gcn", "graphsage")
@@ -173,6 +174,8 @@ class SparseAdjacency:
         self._t_cache = None  # (crow_t, col_t, perm_t)
         self._vt_cache = None  # ((values ptr, version), A^T CSR tensor)
         self._with_cache: list = []  # [(values, version, SparseAdjacency)], see with_values
+        self._slice_struct: list = []  # [(rows, edge ids, structure)], shared by with_values copies
+        self._slice_cache = None  # (rows key, SparseAdjacency), see row_slice
 
     @classmethod
     def from_edges(cls, row: torch.Tensor, col: torch.Tensor, values: torch.Tensor | None,
@@ -210,7 +213,35 @@ class SparseAdjacency:
                 return adj
         out = SparseAdjacency(self.row, self.col, values, self.shape, crow=self.crow, perm=self.perm)
         out._t_cache = self._transpose_structure()
+        out._slice_struct = self._slice_struct
         self._with_cache = [(values, values._version, out)] + self._with_cache[:3]
+        return out
+
+    def row_slice(self, rows: torch.Tensor) -> "SparseAdjacency":
+        """``A[rows]``, an (R, n_cols) adjacency over the same columns, for computing a
+        layer only where its output is needed. rows: (R,) distinct int64.
+
+        The structure (edge ids, CSR pointers, transpose) is computed once per ``rows``
+        and shared with every ``with_values`` copy; the sliced values are a gather of
+        this adjacency's values (differentiable), cached while they are unchanged."""
+        v = self.values
+        key = (v.data_ptr(), v._version)
+        if self._slice_cache is not None and not v.requires_grad:
+            c_rows, c_key, c_out = self._slice_cache
+            if c_key == key and (c_rows is rows or torch.equal(c_rows, rows)):
+                return c_out
+        for s_rows, edges, struct in self._slice_struct:
+            if s_rows.shape == rows.shape and torch.equal(s_rows, rows):
+                break
+        else:
+            start, counts = self.crow[rows], self.crow[rows + 1] - self.crow[rows]
+            crow = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+            edges = torch.arange(int(crow[-1]), device=rows.device) - torch.repeat_interleave(crow[:-1] - start, counts)
+            struct = SparseAdjacency(torch.repeat_interleave(torch.arange(rows.shape[0], device=rows.device), counts),
+                                     self.col[edges], v[:0], (rows.shape[0], self.shape[1]), crow=crow)
+            self._slice_struct.append((rows.clone(), edges, struct))
+        out = struct.with_values(v.index_select(0, edges))
+        self._slice_cache = (rows, key, out)
         return out
 
     @property
@@ -394,6 +425,39 @@ class KnowledgeAwareAttention(nn.Module):
 
 # --------------------------------------------------------------------------- aggregation
 
+class MessageDropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout``, with a cheaper mask: each element's keep
+    decision is one 16-bit lane of a 64-bit random word (one generator call per 4
+    elements instead of one Bernoulli draw per element), and the kept elements are
+    scaled by ``1 / (1 - p)`` with ``p`` rounded to a multiple of 1/65536 (0.1 ->
+    0.100006), so the expectation is exactly preserved. Seeded by torch's generator,
+    so deterministic like ``nn.Dropout``, but a different random stream. On a
+    (35651, 64) message table it is the largest per-layer cost of KGAT's CF step
+    after the products themselves (bench/results/kgat_step.md)."""
+
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability {p} is not in [0, 1]")
+        self.p = float(p)
+        self._drop = round(self.p * 65536)                                # dropped lanes out of 65536
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self._drop == 0:
+            return x
+        if self._drop == 65536:
+            return x * 0.0
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+        lanes = words.view(torch.int16)[:n].view(x.shape)                 # uniform over [-32768, 32767]
+        scale = 65536.0 / (65536 - self._drop)
+        keep = (lanes >= self._drop - 32768).to(x.dtype).mul_(scale)      # P(keep) = 1 - drop / 65536
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Aggregator(nn.Module):
     """One propagation layer (KGAT Eq. 6-8; SPEC §4), the variant chosen by ``kind``:
 
@@ -401,7 +465,7 @@ class Aggregator(nn.Module):
     * ``"gcn"``: ``LeakyReLU(W (e_h + e_Nh))``
     * ``"graphsage"``: ``LeakyReLU(W (e_h || e_Nh))``
 
-    followed by message dropout. ``W`` are Linear layers with bias (Xavier weights,
+    followed by message dropout (:class:`MessageDropout`). ``W`` are Linear layers with bias (Xavier weights,
     zero bias); LeakyReLU slope 0.2 (the KGAT release's ``tf.nn.leaky_relu``).
     """
 
@@ -417,7 +481,7 @@ class Aggregator(nn.Module):
         self.negative_slope = negative_slope
         self.W1 = nn.Linear(2 * in_dim if kind == "graphsage" else in_dim, out_dim)
         self.W2 = nn.Linear(in_dim, out_dim) if kind == "bi-interaction" else None
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = MessageDropout(dropout)
         for lin in (self.W1, self.W2):
             if lin is not None:
                 nn.init.xavier_uniform_(lin.weight)
@@ -462,16 +526,21 @@ class KGPropagation(nn.Module):
         """x: (N, in_dim) layer-0 embeddings; adj: (N, N) -> (N, out_dim)
         (or the list [e^(0), norm(e^(1)), ...] with ``return_layers``).
 
-        ``rows`` (R,): return only those rows, (R, out_dim). The layers still run over
-        all N nodes (each needs its neighbours' previous layer); only the normalisation
-        and the concatenation, and their backward, shrink to R rows. Same values as
-        ``forward(x, adj)[rows]`` (up to float summation order in the backward): on
-        ml-100k's CKG (35,651 nodes, 2,517 of them users and items) KGAT's CF step
-        takes 0.89x the time (bench/results/kgat_step.md)."""
-        pick = (lambda z: z) if rows is None else (lambda z: z.index_select(0, rows))  # noqa: E731
-        outs = [pick(x)]
+        ``rows`` (R,) distinct: return only those rows, (R, out_dim). Every layer but the
+        last runs over all N nodes (each needs its neighbours' previous layer, and on
+        the CKGs here the 2-hop neighbourhood of the users and items is 94-98% of the
+        nodes); the last layer runs on the R rows only, with ``adj.row_slice(rows)``.
+        Same values as ``forward(x, adj)[rows]`` in evaluation (in training the message
+        dropout draws fewer numbers, so its stream differs). Timings of both steps:
+        bench/results/kgat_step.md."""
+        outs = [x if rows is None else x.index_select(0, rows)]
         h = x
-        for layer in self.layers:
-            h = layer(h, propagate(adj, h))                               # KGAT Eq. 3 + 8
-            outs.append(F.normalize(pick(h), p=2, dim=1))                 # SPEC §4: L2-normalised
-        return outs if return_layers else torch.cat(outs, dim=1)         # SPEC §5 / KGAT Eq. 11
+        last = len(self.layers) - 1
+        for k, layer in enumerate(self.layers):
+            if rows is not None and k == last:
+                h = layer(h.index_select(0, rows), propagate(adj.row_slice(rows), h))   # KGAT Eq. 3 + 8, R rows
+            else:
+                h = layer(h, propagate(adj, h))                                         # KGAT Eq. 3 + 8
+            outs.append(F.normalize(h if rows is None or k == last else h.index_select(0, rows),
+                                    p=2, dim=1))                                        # SPEC §4: L2-normalised
+        return outs if return_layers else torch.cat(outs, dim=1)                        # SPEC §5 / KGAT Eq. 11

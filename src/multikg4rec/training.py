@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__
+from . import __version__, runtime
 from .config import config_hash, dump_config
 from .data import Dataset, load_dataset
 from .data.atomic import write_atomic
@@ -318,8 +318,7 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     A finished run (``metrics.json`` present) is not redone unless ``restart``; an
     unfinished one resumes from its checkpoint.
     """
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg["threads"]))
+    runtime.configure(cfg)                                          # threads, allocator
     run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
     done = run_dir / "metrics.json"
     if done.is_file() and not restart:

@@ -74,7 +74,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..layers import SparseAdjacency, segment_softmax
+from ..layers import MessageDropout, SparseAdjacency, segment_softmax
 from .base import Recommender
 
 AGGREGATORS = ("add", "concat")
@@ -147,7 +147,7 @@ class MKGATLayer(nn.Module):
         self.W1 = nn.Parameter(torch.empty(out_dim, 2 * in_dim + rel_dim))    # e(h,r,t) = W_1 (e_h||e_r||e_t)
         self.w2 = nn.Parameter(torch.empty(out_dim, 1))                         # pi = LeakyReLU(w_2^T e(h,r,t))
         self.W_agg = nn.Linear(in_dim if aggregator == "add" else in_dim + out_dim, out_dim, bias=False)  # W_3 / W_4
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = MessageDropout(dropout)
         for w in (self.W1, self.w2, self.W_agg.weight):
             nn.init.xavier_uniform_(w)
 
