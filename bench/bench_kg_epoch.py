@@ -26,12 +26,14 @@ from pathlib import Path
 import torch
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
+from multikg4rec import runtime
 from multikg4rec.training import Trainer, build_model, seed_everything
 model, dataset, threads, epochs, data_dir, overrides = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
                                                         int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6]))
 torch.set_num_threads(threads)
 cfg = load_config(model, dataset, None, overrides | {"data_dir": data_dir, "epochs": epochs, "patience": 10**6,
                                                       "eval_every": 10**6})
+runtime.configure(cfg)                          # as training.run: threads, malloc thresholds
 seed_everything(cfg["seed"])
 ds = load_dataset(dataset, cfg, data_dir=data_dir)
 t = time.perf_counter()

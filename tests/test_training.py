@@ -91,6 +91,14 @@ def test_tune_allocator_takes_effect_on_glibc_and_changes_no_result(ml100k_small
         assert runtime.tune_allocator() is True
     else:
         assert runtime.tune_allocator() is False
+    if platform.libc_ver()[0] == "glibc":                       # freed memory goes back on release_memory
+        import os
+        rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20  # noqa
+        x = torch.ones(64 * 2**20 // 4 * 4)                   # 256 MB, touched
+        del x
+        before = rss()
+        runtime.release_memory()
+        assert before - rss() > 128, (before, rss())
     a = run(_cfg("bprmf", tmp_path / "a", tune_allocator=True), dataset=ml100k_small, quiet=True).metrics
     b = run(_cfg("bprmf", tmp_path / "b", tune_allocator=False), dataset=ml100k_small, quiet=True).metrics
     assert a["test"] == b["test"]

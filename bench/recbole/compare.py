@@ -15,6 +15,8 @@ through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/sp
 * ``--epochs N`` caps BOTH frameworks (timing-only runs, e.g. on ml-1m); the table says so.
 * ``--set KEY=YAML`` overrides OUR config (a separate run directory); RecBole gets the value through the
   mapping of run_recbole.py (e.g. ``--set patience=30`` -> ``stopping_step: 29``). The row is labelled with it.
+* ``--recbole-env KEY=VALUE`` sets an environment variable for RecBole's process only (e.g. the glibc malloc
+  thresholds ours raises itself, ``multikg4rec.runtime``); the row is labelled with it.
 * ``--check-eval`` also scores RecBole's best model with OUR evaluator (bench/recbole/check_eval.py).
 * The table is ``bench/results/recbole_<dataset>.md``. Rows accumulate across invocations: the file embeds
   its rows as JSON (an HTML comment) and a new result replaces the row of the same (model, seed,
@@ -99,6 +101,7 @@ def run_recbole(recbole_model: str, run_dir: str, seed: int, args) -> dict:
     for kv in args.recbole_set:
         cmd += ["--set", kv]
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
+    env.update(kv.split("=", 1) for kv in args.recbole_env)
     print("compare: " + " ".join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     p = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     if p.returncode != 0:
@@ -287,6 +290,8 @@ def main(argv=None) -> None:
     ap.add_argument("--recbole-python", default=str(DEFAULT_RECBOLE_PY))
     ap.add_argument("--recbole-set", action="append", default=[], metavar="KEY=YAML",
                     help="extra RecBole config passed to run_recbole.py --set")
+    ap.add_argument("--recbole-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment variable for RecBole's process only (the row is labelled with it)")
     ap.add_argument("--md", default=None, help="table path (default bench/results/recbole_<dataset>.md)")
     args = ap.parse_args(argv)
 
@@ -296,7 +301,8 @@ def main(argv=None) -> None:
     pairs = parse_models(args.models)
     import yaml
     args.overrides = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.ours_set}
-    variant = ", ".join(args.ours_set + ([f"epochs<={args.epochs}"] if args.epochs else [])) or None
+    variant = ", ".join(args.ours_set + ([f"epochs<={args.epochs}"] if args.epochs else [])
+                        + [f"RecBole {kv}" for kv in args.recbole_env]) or None
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     command = "MULTIKG4REC_DATA=" + os.environ.get("MULTIKG4REC_DATA", "./data") + " python bench/recbole/compare.py " + \
         " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

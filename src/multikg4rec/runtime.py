@@ -31,22 +31,44 @@ ENV = {"MALLOC_MMAP_THRESHOLD_": str(THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(T
 _tuned = False
 
 
+def _libc():
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def tune_allocator() -> bool:
     """Raise glibc's mmap and trim thresholds (see the module docstring). Returns
     whether it took effect (False on a non-glibc C library)."""
     global _tuned
     if _tuned:
         return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    libc = _libc()
+    if libc is None:
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = bool(libc.mallopt(M_MMAP_THRESHOLD, THRESHOLD)) and bool(libc.mallopt(M_TRIM_THRESHOLD, THRESHOLD))
-    except (OSError, AttributeError):
+    except AttributeError:
         return False
     _tuned = ok
     log.debug("glibc malloc thresholds raised to %d bytes: %s", THRESHOLD, ok)
     return ok
+
+
+def release_memory() -> None:
+    """Give the memory freed so far back to the system (``gc.collect`` + glibc ``malloc_trim``), e.g. between
+    two runs of a sweep, so that the next run's peak RSS is its own and not the previous run's leftovers."""
+    import gc
+    gc.collect()
+    libc = _libc()
+    if libc is not None:
+        try:
+            libc.malloc_trim(0)
+        except AttributeError:
+            pass
 
 
 def configure(cfg: dict) -> None:

@@ -66,7 +66,9 @@ def peak_rss_mb() -> float:
 
 def reset_peak_rss() -> None:
     """Start a new peak-memory window (Linux: ``clear_refs`` 5 resets ``VmHWM``), so that
-    several runs in one process (a sweep) each report their own peak."""
+    several runs in one process (a sweep) each report their own peak; the memory the previous
+    run freed is first handed back to the system (:func:`runtime.release_memory`)."""
+    runtime.release_memory()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
