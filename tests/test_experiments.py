@@ -16,6 +16,9 @@ def test_table_jobs_cover_the_paper_ablations():
     t3 = table_jobs("table3", ["ml-1m"], [0], common)
     assert [(j.label, j.overrides["modalities"]) for j in t3] == [
         ("Multi-KG4Rec", ["image", "text"]), ("w/o v", ["text"]), ("w/o t", ["image"]), ("w/o t&v", [])]
+    t3 = table_jobs("table3", ["lastfm-2k"], [0], common)                   # modalities are not fixed to v/t
+    assert [(j.label, j.overrides["modalities"]) for j in t3] == [
+        ("Multi-KG4Rec", ["audio", "text"]), ("w/o audio", ["text"]), ("w/o t", ["audio"]), ("w/o t&audio", [])]
     t4 = table_jobs("table4", ["ml-1m"], [0, 1], common)
     assert {j.overrides.get("fusion") for j in t4} == {"bi", "t2v", "v2t", None} and len(t4) == 8
     assert GRID["learning_rate"] == [0.05, 0.01, 0.005, 0.001]

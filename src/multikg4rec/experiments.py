@@ -84,7 +84,8 @@ def table_jobs(table: str, datasets: list[str], seeds: list[int], common: dict,
                 mods = _modalities(d, common)
                 text = [m for m in mods if m == "text"]
                 other = [m for m in mods if m != "text"]
-                for label, ms in (("Multi-KG4Rec", mods), ("w/o v", text), ("w/o t", other), ("w/o t&v", [])):
+                ab = "v" if other in ([], ["image"]) else "+".join(other)      # the paper's "v"; lastfm-2k: audio
+                for label, ms in (("Multi-KG4Rec", mods), (f"w/o {ab}", text), ("w/o t", other), (f"w/o t&{ab}", [])):
                     jobs.append(Job(label, "multikg4rec", d, s, {"modalities": ms}))
             elif table == "table4":
                 for label, fusion in (("Multi-KG4Rec", "bi"), ("t2v", "t2v"), ("v2t", "v2t")):
