@@ -431,9 +431,8 @@ class MessageDropout(nn.Module):
     elements instead of one Bernoulli draw per element), and the kept elements are
     scaled by ``1 / (1 - p)`` with ``p`` rounded to a multiple of 1/65536 (0.1 ->
     0.100006), so the expectation is exactly preserved. Seeded by torch's generator,
-    so deterministic like ``nn.Dropout``, but a different random stream. On a
-    (35651, 64) message table it is the largest per-layer cost of KGAT's CF step
-    after the products themselves (bench/results/kgat_step.md)."""
+    so deterministic like ``nn.Dropout``, but a different random stream. KGAT's CF
+    step with each: bench/results/kgat_step.md."""
 
     def __init__(self, p: float = 0.1):
         super().__init__()
@@ -528,8 +527,8 @@ class KGPropagation(nn.Module):
 
         ``rows`` (R,) distinct: return only those rows, (R, out_dim). Every layer but the
         last runs over all N nodes (each needs its neighbours' previous layer, and on
-        the CKGs here the 2-hop neighbourhood of the users and items is 94-98% of the
-        nodes); the last layer runs on the R rows only, with ``adj.row_slice(rows)``.
+        the CKGs here nearly every node is within 2 hops of a user or an item); the
+        last layer runs on the R rows only, with ``adj.row_slice(rows)``.
         Same values as ``forward(x, adj)[rows]`` in evaluation (in training the message
         dropout draws fewer numbers, so its stream differs). Timings of both steps:
         bench/results/kgat_step.md."""
