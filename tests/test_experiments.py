@@ -122,3 +122,26 @@ def test_tables_survive_without_the_run_directories(data_dir, tmp_path):
     assert not (tmp_path / "runs").exists()               # ... and trains nothing
     after = (tmp_path / "res" / "table2" / "runs.csv").read_text().splitlines()[1].split(",")[:7]
     assert after == before
+
+
+def test_compare_cli_pairs_runs_by_seed(tmp_path, capsys):
+    """`multikg4rec compare`: runs matched by the seed of their config.yaml, per-user differences A - B."""
+    rng = np.random.default_rng(1)
+
+    def fake_run(name, seed, ndcg):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.yaml").write_text(f"seed: {seed}\n")
+        (d / "metrics.json").write_text(json.dumps({"test": {"ndcg@20": float(ndcg.mean())}}))
+        np.savez(d / "per_user_test.npz", users=np.arange(len(ndcg)), ndcg_at_20=ndcg)
+        return str(d)
+    base = {s: rng.random(200) for s in (0, 1)}
+    a = [fake_run(f"a{s}", s, base[s] + 0.02) for s in (1, 0)]          # order does not matter
+    b = [fake_run(f"b{s}", s, base[s]) for s in (0, 1)] + [fake_run("b2", 2, rng.random(200))]  # seed 2: no pair
+    assert main(["compare", "--a", *a, "--b", *b]) == 0
+    out = json.loads(capsys.readouterr().out)
+    t = out["paired_ndcg@20_a_minus_b"]
+    assert t["n_pairs"] == 400 and t["mean_diff"] == pytest.approx(0.02) and t["p_value"] < 1e-10
+    assert out["a_mean"] == pytest.approx(np.mean([base[0].mean(), base[1].mean()]) + 0.02)
+    assert main(["compare", "--a", a[0], "--b", str(tmp_path / "missing")]) == 2        # one-line error
+    assert "is not a finished run" in capsys.readouterr().err

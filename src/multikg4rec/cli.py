@@ -135,6 +135,12 @@ def cmd_reproduce(args, rest) -> int:
     return 0
 
 
+def cmd_compare(args, rest) -> int:
+    from .experiments import compare_runs
+    print(json.dumps(compare_runs(args.a, args.b, args.metric), indent=2))
+    return 0
+
+
 def cmd_tune(args, rest) -> int:
     from .experiments import tune
     best = tune(args.model, args.dataset, args.budget, _common_overrides(args, rest), Path(args.results),
@@ -209,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", help="root of run directories (default ./runs)")
     r.add_argument("--threads", type=int)
     r.set_defaults(func=cmd_reproduce)
+
+    c = sub.add_parser("compare", help="paired significance test between two sets of finished runs",
+                       description="Test metric of every run, and a paired Wilcoxon signed-rank test on per-user "
+                                   "test NDCG@20 of A - B over the (seed, user) pairs both have (runs are matched "
+                                   "by the seed in their config.yaml; each seed is its own split). Works on run "
+                                   "directories and on the archived copies in results/runs/.")
+    c.add_argument("--a", nargs="+", required=True, help="run directories of A (one per seed)")
+    c.add_argument("--b", nargs="+", required=True, help="run directories of B (one per seed)")
+    c.add_argument("--metric", default="ndcg@20", help="test metric to list (default ndcg@20)")
+    c.set_defaults(func=cmd_compare)
 
     tu = sub.add_parser("tune", help="grid search over the paper's space (batch, lr, lambda), chosen on valid",
                         description="Visit up to --budget points of SPEC §6's grid in a seeded random order; each "

@@ -226,6 +226,35 @@ def paired_test(rows_a: list[dict], rows_b: list[dict]) -> dict | None:
     return {"n_pairs": int(len(d)), "mean_diff": float(d.mean()), "p_value": float(stat.pvalue)}
 
 
+def compare_runs(a_dirs: list[Path], b_dirs: list[Path], metric: str = "ndcg@20") -> dict:
+    """Paired comparison of two sets of finished runs (e.g. a model and a baseline over seeds), matched by the
+    seed in each run's ``config.yaml``: test ``metric`` of each run, and a Wilcoxon signed-rank test on per-user
+    test NDCG@20 over the (seed, user) pairs present in both (``paired_test``)."""
+    import yaml
+
+    class _Seed:
+        def __init__(self, seed): self.seed = seed
+
+    def rows(dirs):
+        out = []
+        for d in map(Path, dirs):
+            if not (d / "metrics.json").is_file() or not (d / "per_user_test.npz").is_file():
+                raise UserError(f"{d} is not a finished run (no metrics.json / per_user_test.npz)")
+            seed = int(yaml.safe_load((d / "config.yaml").read_text())["seed"])
+            out.append({"job": _Seed(seed), "run_dir": d,
+                        "test": json.loads((d / "metrics.json").read_text())["test"][metric]})
+        return out
+    ra, rb = rows(a_dirs), rows(b_dirs)
+    seeds_a, seeds_b = sorted(r["job"].seed for r in ra), sorted(r["job"].seed for r in rb)
+    t = paired_test(ra, rb)
+    if t is None:
+        raise UserError(f"no seed in common: A has seeds {seeds_a}, B has {seeds_b}")
+    return {"metric": metric, "a": {str(r["run_dir"]): r["test"] for r in ra},
+            "b": {str(r["run_dir"]): r["test"] for r in rb},
+            "a_mean": float(np.mean([r["test"] for r in ra])), "b_mean": float(np.mean([r["test"] for r in rb])),
+            "paired_ndcg@20_a_minus_b": t}
+
+
 def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multikg4rec",
               command: str | None = None) -> str:
     """Markdown: mean ± std over seeds, paper numbers, relative gaps, significance; plus plots."""
