@@ -305,3 +305,33 @@ def test_item_id_embedding_fused_adds_the_id_row_to_the_fused_row(ml100k_small, 
         assert torch.equal(plain.idw_text, fused.idw_text)  # the pre-fusion tables are SPEC §2's
     with pytest.raises(UserError, match="item_id_embedding"):
         build(ml100k_small, features, item_id_embedding="yes")
+
+
+def test_without_modalities_it_is_kgat_step_for_step(ml100k_small, batches):
+    """w/o t&v (no modal features, no fusion) is KGAT (SPEC §4-6): same parameters from the same seed, same CF and
+    KG losses, same gradients, same scores after the attention update. Catches the two drifting apart."""
+    from multikg4rec.models.kgat import KGAT
+    cf, kg = batches
+    common = {"seed": 7, "mess_dropout": 0.1, "reg_weight": 1e-5, "kg_reg_weight": 1e-5, "layers": [64, 32, 16]}
+    torch.manual_seed(0)
+    kgat = KGAT(ml100k_small, load_config("kgat", "ml-100k") | common)
+    torch.manual_seed(0)
+    multi = MultiKG4Rec(ml100k_small, make_config(modalities=[], **common))
+    assert torch.equal(kgat.node_emb.weight, multi.id_emb["id"].weight)
+    for name in ("cf", "kg"):
+        torch.manual_seed(1)
+        la = kgat.calculate_loss(cf) if name == "cf" else kgat.calculate_kg_loss(kg)
+        torch.manual_seed(1)
+        lb = multi.calculate_loss(cf) if name == "cf" else multi.calculate_kg_loss(kg)
+        assert torch.equal(la, lb), name
+        la.backward()
+        lb.backward()
+    assert torch.equal(kgat.node_emb.weight.grad, multi.id_emb["id"].weight.grad)
+    assert torch.equal(kgat.transr.W.grad, multi.transr["id"].W.grad)
+    kgat.on_epoch_end(0)
+    multi.on_epoch_end(0)
+    for m in (kgat, multi):
+        m.eval()
+        m.prepare_eval()
+    users = torch.arange(10)
+    assert torch.equal(kgat.full_sort_predict(users), multi.full_sort_predict(users))
