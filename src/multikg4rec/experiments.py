@@ -230,10 +230,9 @@ def compare_runs(a_dirs: list[Path], b_dirs: list[Path], metric: str = "ndcg@20"
     """Paired comparison of two sets of finished runs (e.g. a model and a baseline over seeds), matched by the
     seed in each run's ``config.yaml``: test ``metric`` of each run, and a Wilcoxon signed-rank test on per-user
     test NDCG@20 over the (seed, user) pairs present in both (``paired_test``)."""
-    import yaml
+    from types import SimpleNamespace
 
-    class _Seed:
-        def __init__(self, seed): self.seed = seed
+    import yaml
 
     def rows(dirs):
         out = []
@@ -241,14 +240,14 @@ def compare_runs(a_dirs: list[Path], b_dirs: list[Path], metric: str = "ndcg@20"
             if not (d / "metrics.json").is_file() or not (d / "per_user_test.npz").is_file():
                 raise UserError(f"{d} is not a finished run (no metrics.json / per_user_test.npz)")
             seed = int(yaml.safe_load((d / "config.yaml").read_text())["seed"])
-            out.append({"job": _Seed(seed), "run_dir": d,
+            out.append({"job": SimpleNamespace(seed=seed), "run_dir": d,
                         "test": json.loads((d / "metrics.json").read_text())["test"][metric]})
         return out
     ra, rb = rows(a_dirs), rows(b_dirs)
-    seeds_a, seeds_b = sorted(r["job"].seed for r in ra), sorted(r["job"].seed for r in rb)
     t = paired_test(ra, rb)
     if t is None:
-        raise UserError(f"no seed in common: A has seeds {seeds_a}, B has {seeds_b}")
+        seeds = lambda rs: sorted(r["job"].seed for r in rs)  # noqa: E731
+        raise UserError(f"no seed in common: A has seeds {seeds(ra)}, B has {seeds(rb)}")
     return {"metric": metric, "a": {str(r["run_dir"]): r["test"] for r in ra},
             "b": {str(r["run_dir"]): r["test"] for r in rb},
             "a_mean": float(np.mean([r["test"] for r in ra])), "b_mean": float(np.mean([r["test"] for r in rb])),

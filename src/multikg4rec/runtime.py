@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import platform
 
@@ -27,11 +28,11 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: both thresholds, bytes: 1 GiB (a (n_nodes, d) float tensor of the CKGs here is 4-10 MB)
 THRESHOLD = 1 << 30
-ENV = {"MALLOC_MMAP_THRESHOLD_": str(THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(THRESHOLD)}
 
 _tuned = False
 
 
+@functools.cache
 def _libc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None

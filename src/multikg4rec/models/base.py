@@ -28,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..data import Dataset
 
@@ -98,6 +99,19 @@ class Recommender(nn.Module):
         if mode:
             self._eval_cache = None
         return super().train(mode)
+
+    @staticmethod
+    def batch_rows(u_all: torch.Tensor, i_all: torch.Tensor, batch: dict) -> tuple[torch.Tensor, ...]:
+        """Rows of the batch's users, positive and negative items. ``index_select``: its
+        backward sums repeated ids in a fixed order (advanced indexing ``x[idx]`` does not
+        on several threads), so training is reproducible (see multikg4rec.layers)."""
+        return (u_all.index_select(0, batch["users"]), i_all.index_select(0, batch["pos_items"]),
+                i_all.index_select(0, batch["neg_items"]))
+
+    @staticmethod
+    def bpr(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """BPR (SPEC §6): mean -ln sigma( y(u, i) - y(u, j) ) with y the inner product."""
+        return -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
 
     @staticmethod
     def l2_reg(*tensors: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers import TransR
 from .base import Recommender
@@ -70,7 +69,7 @@ class CKE(Recommender):
         users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
         u = self.user_emb(users)
         p, n = self.item_vectors(pos), self.item_vectors(neg)
-        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
+        bpr = self.bpr(u, p, n)
         reg = self.l2_reg(u, self.item_emb(pos), self.item_emb(neg), self.entity_emb(pos), self.entity_emb(neg))
         return bpr + self.reg_weight * reg
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers import KGPropagation, KnowledgeAwareAttention, TransR
 from .base import Recommender
@@ -94,9 +93,7 @@ class KGAT(Recommender):
     def calculate_loss(self, batch):
         users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
         u_all, i_all = self.propagate()
-        # index_select: deterministic backward with repeated ids (see multikg4rec.layers)
-        u, p, n = u_all.index_select(0, users), i_all.index_select(0, pos), i_all.index_select(0, neg)
-        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()      # Eq. 12-13
+        bpr = self.bpr(*self.batch_rows(u_all, i_all, batch))              # Eq. 12-13
         ego = self.node_emb.weight
         ids = torch.cat([users + self.n_entities, pos, neg])   # one gather = one (n_nodes, d) buffer in backward
         reg = self.l2_reg(*ego.index_select(0, ids).split([len(users), len(pos), len(neg)]))  # Eq. 15, lambda

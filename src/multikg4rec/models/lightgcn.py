@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..layers import SparseAdjacency
 from ..sparse import normalized_bipartite_adjacency
@@ -46,8 +45,7 @@ class LightGCN(Recommender):
 
     def calculate_loss(self, batch):
         users, items = self.propagate()
-        u, p, n = users[batch["users"]], items[batch["pos_items"]], items[batch["neg_items"]]
-        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
+        bpr = self.bpr(*self.batch_rows(users, items, batch))
         reg = self.l2_reg(self.user_emb(batch["users"]), self.item_emb(batch["pos_items"]),
                           self.item_emb(batch["neg_items"]))
         return bpr + self.reg_weight * reg

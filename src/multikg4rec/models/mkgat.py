@@ -288,8 +288,7 @@ class MKGAT(Recommender):
     def calculate_loss(self, batch):
         users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
         u_all, i_all = self.propagate()
-        u, p, n = u_all[users], i_all[pos], i_all[neg]
-        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()    # y(u, i) = e_u*^T e_i*
+        bpr = self.bpr(*self.batch_rows(u_all, i_all, batch))            # y(u, i) = e_u*^T e_i*
         w = self.id_emb.weight
         reg = self.l2_reg(w[users + self.n_entities], w[pos], w[neg])
         return bpr + self.reg_weight * reg

@@ -378,9 +378,7 @@ class MultiKG4Rec(Recommender):
     def calculate_loss(self, batch):
         users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
         u_all, i_all, l0 = self.propagate(torch.cat([pos, neg]))
-        # index_select: deterministic backward with repeated ids, as KGAT (see multikg4rec.layers)
-        u, p, n = u_all.index_select(0, users), i_all.index_select(0, pos), i_all.index_select(0, neg)
-        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()      # L_CF, y(u, i) = e_u*^T e_i*
+        bpr = self.bpr(*self.batch_rows(u_all, i_all, batch))              # L_CF, y(u, i) = e_u*^T e_i*
         ids = torch.cat([users + self.n_entities, pos, neg])                  # one gather per table
         ego = torch.cat([l0[t].index_select(0, ids) for t in self.tables], dim=1)
         reg = self.l2_reg(*ego.split([len(users), len(pos), len(neg)]))      # lambda ||Theta||^2 (batch)

@@ -38,7 +38,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..errors import UserError
 from ..layers import SparseAdjacency
@@ -102,9 +101,8 @@ class SpectralCF(Recommender):
 
     def calculate_loss(self, batch):
         users, items = self.propagate()
-        u, p, n = users[batch["users"]], items[batch["pos_items"]], items[batch["neg_items"]]
-        bpr = -F.logsigmoid((u * p).sum(-1) - (u * n).sum(-1)).mean()
-        return bpr + self.reg_weight * self.l2_reg(u, p, n)
+        u, p, n = self.batch_rows(users, items, batch)
+        return self.bpr(u, p, n) + self.reg_weight * self.l2_reg(u, p, n)
 
     def final_embeddings(self):
         return self.propagate()                                         # y(u, i) = e_u*^T e_i*
