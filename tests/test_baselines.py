@@ -110,7 +110,7 @@ def test_kgcn_deduplicated_ranking_equals_tree_walk(aggregator, n_iter):
     assert torch.allclose(full, ref, atol=1e-5)
 
 
-def test_kgcn_full_ranking_matches_pairwise(ml100k_small):
+def test_kgcn_full_ranking_matches_pairwise(ml100k_small, monkeypatch):
     from multikg4rec.models.kgcn import KGCN
     cfg = load_config("kgcn", "ml-100k", None, {"aggregator": "concat"})
     m = KGCN(ml100k_small, cfg).eval()
@@ -119,7 +119,10 @@ def test_kgcn_full_ranking_matches_pairwise(ml100k_small):
     with torch.no_grad():
         full = m.full_sort_predict(users)
         ref = torch.stack([m.score_pairs(torch.full_like(items, u), items) for u in users.tolist()])
+        monkeypatch.setattr(KGCN, "EVAL_BLOCK", 1)            # one user per block: the same scores
+        blocked = m.full_sort_predict(users)
     assert torch.allclose(full, ref, atol=1e-5)
+    assert torch.allclose(blocked, full, atol=1e-6)
 
 
 # ---------------------------------------------------------------- SpectralCF
