@@ -280,6 +280,31 @@ def test_second_build_does_not_encode(tmp_path):
     assert s3.path != s1.path and part.encoded == 20
 
 
+def test_cache_keys_follow_bytes_not_copies(tmp_path):
+    """A data folder copied elsewhere (new paths, new mtimes) keeps its cache keys; one changed byte does not."""
+    import os
+    import shutil
+    from multikg4rec.data.dataset import _cache_key
+    a = tmp_path / "a"
+    a.mkdir()
+    (a / "x.inter").write_text("user_id:token\titem_id:token\n1\t2\n")
+    _png(a / "1.jpg", seed=0)
+    c = _text_content(3)
+    c.image[0] = a / "1.jpg"
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    os.utime(b / "x.inter", ns=(1, 1))
+    os.utime(b / "1.jpg", ns=(1, 1))
+    copy = _text_content(3)
+    copy.image[0] = b / "1.jpg"
+    assert _cache_key([a / "x.inter"], {}) == _cache_key([b / "x.inter"], {})
+    assert c.fingerprint() == copy.fingerprint()
+    (b / "x.inter").write_text("user_id:token\titem_id:token\n1\t3\n")
+    _png(b / "1.jpg", seed=1)
+    assert _cache_key([a / "x.inter"], {}) != _cache_key([b / "x.inter"], {})
+    assert c.fingerprint() != copy.fingerprint()
+
+
 def test_resume_after_interruption(tmp_path):
     ref = build_store(_text_content(20), Encoder("hash", [HashText()]), cache_dir=tmp_path / "ref",
                       batch_size=3, progress=False)

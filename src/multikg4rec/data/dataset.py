@@ -30,6 +30,7 @@ import scipy.sparse as sp
 import torch
 
 from ..errors import UserError
+from ..fingerprint import file_digest
 from .sources import RawDataset, read_raw
 
 log = logging.getLogger(__name__)
@@ -321,8 +322,7 @@ def _cache_key(raw_files: list[Path], cfg: dict) -> str:
     h.update(json.dumps({k: cfg.get(k) for k in DATA_KEYS} | {"seed": cfg.get("seed"), "v": PREPROCESS_VERSION},
                         sort_keys=True, default=str).encode())
     for f in raw_files:
-        st = Path(f).stat()
-        h.update(f"{Path(f).resolve()}:{st.st_size}:{int(st.st_mtime)}".encode())
+        h.update(f"{Path(f).name}:{file_digest(f)}".encode())
     return h.hexdigest()[:16]
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.sources import dataset_dir
+from ..fingerprint import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +136,13 @@ class EntityContent:
         return {"text": self.text, "image": self.image}[modality][r]
 
     def fingerprint(self) -> str:
-        """Hash of everything the encoders will read (texts; image paths, sizes, mtimes).
+        """Hash of everything the encoders will read (texts; the bytes of each image file).
         ``links`` are left out: they change no vector (the store rewrites them on reuse)."""
         h = hashlib.sha1()
         for tok, kind, text, img in zip(self.ids, self.kinds, self.text, self.image):
             h.update(f"{kind}\x1f{tok}\x1f{text}\x1f".encode("utf-8", "surrogateescape"))
             if img is not None:
-                try:
-                    st = img.stat()
-                    h.update(f"{img.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode("utf-8", "surrogateescape"))
-                except OSError:
-                    h.update(f"{img}:missing".encode("utf-8", "surrogateescape"))
+                h.update(file_digest(img).encode())
             h.update(b"\x1e")
         return h.hexdigest()
 

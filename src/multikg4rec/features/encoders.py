@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..fingerprint import file_digest
 
 DEFAULT_CLIP = "openai/clip-vit-base-patch32"
 
@@ -167,8 +168,7 @@ class ClipBackbone:
             p = Path(self.path).expanduser().resolve()
             ident["model"] = str(p)
             for f in sorted(p.glob("*.safetensors")) + sorted(p.glob("*.bin")):
-                st = f.stat()
-                ident[f"weights:{f.name}"] = f"{st.st_size}:{st.st_mtime_ns}"
+                ident[f"weights:{f.name}"] = file_digest(f)
         return ident
 
     def _help(self) -> str:

@@ -11,8 +11,8 @@ Layout under ``<cache>/features/<dataset>/<encoder>-<key>/`` (``<cache>`` =
                          skipped rows with reasons; written last: its presence
                          marks a complete store
 
-``key`` hashes the encoder identity, the content (texts, image paths, sizes,
-mtimes) or the precomputed files, so a change rebuilds and a repeat run loads.
+``key`` hashes the encoder identity, the content (texts, the bytes of each
+image) or the bytes of the precomputed files, so a change rebuilds and a repeat run loads.
 
 Building streams content in batches (images are read from disk per batch, never
 all at once) and writes every ``chunk_rows`` encoded rows to
@@ -41,6 +41,7 @@ import numpy as np
 
 from ..data.dataset import default_cache_dir
 from ..errors import UserError
+from ..fingerprint import file_digest
 from .content import ENTITY, ITEM, KIND_NAMES, EntityContent, collect_content
 from .encoders import BadInput, Encoder, PrecomputedEncoder, make_encoder, precomputed_row_ids
 
@@ -138,14 +139,6 @@ def _slug(name: str) -> str:
 
 def _key(payload: dict) -> str:
     return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _file_stamp(p: Path) -> str:
-    try:
-        st = p.stat()
-        return f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}"
-    except OSError:
-        return f"{p}:missing"
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
@@ -437,7 +430,7 @@ def build_precomputed(dataset_name: str, encoder: PrecomputedEncoder, data_dir=N
     id_path = id_path if id_path.is_absolute() else base / id_path
     ident = encoder.identity()
     key = _key({"format": FORMAT_VERSION, "dataset": dataset_name, "encoder": ident,
-                "files": {m: _file_stamp(p) for m, p in files.items()}, "ids_file": _file_stamp(id_path)})
+                "files": {m: file_digest(p) for m, p in files.items()}, "ids_file": file_digest(id_path)})
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     final = root / "features" / dataset_name / f"precomputed-{key}"
     if rebuild:
