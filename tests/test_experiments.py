@@ -52,6 +52,8 @@ def test_reproduce_sweep_is_resumable_and_tabulates(data_dir, tmp_path, capsys):
                                                               ("lightgcn", "0"), ("lightgcn", "1")]
     md = (out / "table2.md").read_text()
     assert "| lightgcn | 2 |" in md and (out / "table2_ml-100k.png").is_file()
+    from multikg4rec.experiments import status
+    assert status("table2", tmp_path / "res").startswith("table2: 4/4 runs done; finished ")
     # a second call trains nothing: every run dir keeps its finished metrics untouched
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("metrics.json")}
     assert len(stamps) == 4
@@ -79,11 +81,12 @@ def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):
 
     monkeypatch.setattr(training, "run", fake_run)
     jobs = [Job(m, m, "ml-100k", 0) for m in ("lightgcn", "bprmf", "spectralcf")]
-    status = tmp_path / "status.json"
+    status = tmp_path / "status.json"           # = results/<table>/status.json with table = tmp_path.name
     with pytest.raises(Interrupted):
         run_jobs(jobs, {"output_dir": str(tmp_path)}, status_file=status)
     assert calls == ["lightgcn", "bprmf"]               # skipped the bad one, stopped at the interrupted one
-    assert "interrupted" in json.loads(status.read_text())
+    assert json.loads(status.read_text())["done"] == 1     # the skipped job is behind, the interrupted one not
+    assert "interrupted after epoch 3" in experiments.status(tmp_path.name, tmp_path.parent)
     assert experiments.Interrupted is Interrupted
 
 

@@ -146,8 +146,16 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
 
     from .training import default_run_dir, run
     rows = []
+
+    def report(i: int, running=None, **extra) -> None:
+        # ``i`` jobs are behind us (finished or skipped); the pid lets `reproduce status` tell a live sweep,
+        # foreground or background, from a dead one
+        if status_file:
+            status_file.write_text(json.dumps({"running": running, "done": i, "total": len(jobs),
+                                               "pid": os.getpid(), "time": time.time(), **extra}))
+
     bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True)
-    for job in bar:
+    for i, job in enumerate(bar):
         cfg = job.config(common)
         rd = default_run_dir(cfg)
         done = finished_dir(rd, archive)
@@ -155,23 +163,17 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
             rows.append({"job": job, "run_dir": done, "metrics": json.loads((done / "metrics.json").read_text())})
             continue
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
-        if status_file:
-            status_file.write_text(json.dumps({"running": [job.label, job.dataset, job.seed, str(rd)],
-                                               "done": bar.n, "total": len(jobs), "time": time.time()}))
+        report(i, [job.label, job.dataset, job.seed, str(rd)])
         try:
             res = run(cfg, quiet=quiet_runs)
         except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
-            if status_file:
-                status_file.write_text(json.dumps({"running": None, "done": bar.n, "total": len(jobs),
-                                                   "time": time.time(), "interrupted": str(e)}))
+            report(i, interrupted=str(e))
             raise
         except UserError as e:
             tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
             continue
         rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
-    if status_file:
-        status_file.write_text(json.dumps({"running": None, "done": len(jobs), "total": len(jobs),
-                                           "time": time.time()}))
+    report(len(jobs), finished=True)
     return rows
 
 
@@ -459,16 +461,28 @@ def status(table: str, out_root: Path = Path("results")) -> str:
     if not f.is_file():
         return f"{table}: no sweep has run yet"
     s = json.loads(f.read_text())
+    pids = [s.get("pid")]
     pid_f = out_root / table / "sweep.pid"
-    alive = False
     if pid_f.is_file():
+        pids.append(pid_f.read_text().strip())
+    alive = False
+    for pid in pids:
         try:
-            os.kill(int(pid_f.read_text()), 0)
+            os.kill(int(pid), 0)
             alive = True
-        except (OSError, ValueError):
+        except (OSError, TypeError, ValueError):
             pass
-    run = f"; running {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}" if s.get("running") else ""
-    return f"{table}: {s['done']}/{s['total']} runs done{run}; background process {'alive' if alive else 'not running'}"
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s.get("time", 0)))
+    if s.get("finished"):
+        state = f"finished {when}"
+    elif s.get("interrupted"):
+        state = f"interrupted {when} ({s['interrupted']}); the same command resumes it"
+    elif alive:
+        state = "sweep process alive"
+    else:
+        state = f"sweep process gone since {when} (killed?); the same command resumes it"
+    run = f"; running {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}" if s.get("running") and alive else ""
+    return f"{table}: {s['done']}/{s['total']} runs done{run}; {state}"
 
 
 __all__ = ["Job", "table_jobs", "run_jobs", "collect", "summarize", "reproduce", "paired_test", "config_hash"]
