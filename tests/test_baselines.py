@@ -164,6 +164,22 @@ def test_spectralcf_one_layer_matches_dense(laplacian):
     assert np.allclose(got[:, :4], x0, atol=1e-6) and np.allclose(got[:, 4:], x1, atol=1e-5)
 
 
+def test_spectralcf_adj_filter_is_recboles():
+    """``laplacian: adj`` (RecBole 1.2.1's SpectralCF): I + D^-1/2 A D^-1/2, A without self connections,
+    degrees counted on A; a low-pass filter, unlike the paper's I + L."""
+    from multikg4rec.models.spectralcf import spectral_filter
+    ds = toy_dataset()
+    n = ds.n_users + ds.n_items
+    a = np.zeros((n, n))
+    for u, i in ds.train:
+        a[u, ds.n_users + i] = a[ds.n_users + i, u] = 1.0
+    d = a.sum(1) ** -0.5
+    want = np.eye(n) + np.diag(d) @ a @ np.diag(d)
+    got = spectral_filter(ds.train, ds.n_users, ds.n_items, "adj", self_loops=False).toarray()
+    assert np.allclose(got, want)
+    assert np.linalg.eigvalsh(want).min() > -1e-9 and np.linalg.eigvalsh(want).max() <= 2 + 1e-9
+
+
 # ---------------------------------------------------------------- ConvNCF
 
 def _convncf(ds, d, channels, **kw):
