@@ -70,9 +70,10 @@ def spectral_filter(train: np.ndarray, n_users: int, n_items: int, laplacian: st
     elif laplacian in ("sym", "adj"):
         inv = np.zeros_like(deg)
         np.power(deg, -0.5, out=inv, where=deg > 0)
-        lap = eye - sp.diags(inv) @ a @ sp.diags(inv)                   # L = I - D^-1/2 A D^-1/2
+        norm = sp.diags(inv) @ a @ sp.diags(inv)                        # D^-1/2 A D^-1/2
         if laplacian == "adj":                                          # RecBole 1.2.1: I + D^-1/2 A D^-1/2
-            return sp.csr_matrix(2 * eye - lap)
+            return sp.csr_matrix(eye + norm)
+        lap = eye - norm                                                # L = I - D^-1/2 A D^-1/2
     else:
         raise UserError(f"spectralcf: laplacian must be rw, sym or adj, not {laplacian!r}")
     return sp.csr_matrix(eye + lap)                                     # U U^-1 + U Lambda U^-1
