@@ -148,3 +148,57 @@ def test_compare_cli_pairs_runs_by_seed(tmp_path, capsys):
     assert out["a_mean"] == pytest.approx(np.mean([base[0].mean(), base[1].mean()]) + 0.02)
     assert main(["compare", "--a", a[0], "--b", str(tmp_path / "missing")]) == 2        # one-line error
     assert "is not a finished run" in capsys.readouterr().err
+
+
+def test_a_run_locked_by_another_sweep_is_waited_for_not_skipped(monkeypatch, tmp_path):
+    """Tables 3 and 4 share runs (the full model, w/o t&v); two sweeps side by side must not train one run
+    twice nor drop it: the second sweep defers the locked run, waits for the lock, then reads the result."""
+    import fcntl
+
+    from multikg4rec import training
+    from multikg4rec.errors import RunBusy
+    from multikg4rec.experiments import Job, run_jobs
+
+    jobs = [Job(m, m, "ml-100k", 0) for m in ("lightgcn", "bprmf")]
+    common = {"output_dir": str(tmp_path)}
+    locked = training.default_run_dir(jobs[0].config(common))
+    locked.mkdir(parents=True)
+    calls = []
+
+    def fake_run(cfg, quiet=True):
+        rd = training.default_run_dir(cfg)
+        rd.mkdir(parents=True, exist_ok=True)
+        calls.append(cfg["model"])
+        with open(rd / ".lock", "a") as f:              # the lock training.run takes
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusy(f"{rd} is in use") from None
+        return training.RunResult(rd, {"model": cfg["model"]})
+
+    monkeypatch.setattr(training, "run", fake_run)
+    holder = open(locked / ".lock", "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)                  # "the other sweep" holds lightgcn's run
+    import threading
+    threading.Timer(0.5, holder.close).start()          # ... and finishes it half a second later
+    rows = run_jobs(jobs, common)
+    assert calls == ["lightgcn", "bprmf", "lightgcn"]   # deferred, the free run went first, then came back
+    assert [r["metrics"]["model"] for r in rows] == ["bprmf", "lightgcn"]
+
+
+def test_training_refuses_a_run_directory_in_use(data_dir, tmp_path):
+    import fcntl
+
+    from multikg4rec.config import load_config
+    from multikg4rec.errors import RunBusy
+    from multikg4rec.training import default_run_dir, run
+
+    cfg = load_config("bprmf", "ml-100k", None, {"output_dir": str(tmp_path), "data_dir": str(data_dir),
+                                                 "epochs": 1})
+    rd = default_run_dir(cfg)
+    rd.mkdir(parents=True)
+    with open(rd / ".lock", "a") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(RunBusy, match="in use"):
+            run(cfg, quiet=True)
+    assert not (rd / "metrics.json").exists()

@@ -13,3 +13,9 @@ class Interrupted(UserError):
     """Ctrl-C / SIGTERM during a run: its state is saved and the same command resumes it.
 
     A sweep (``reproduce``, ``tune``) stops on it instead of moving on to its next run."""
+
+
+class RunBusy(UserError):
+    """The run directory is locked by another live process (a second sweep over the same run, say).
+
+    A sweep defers such a run and waits for the other process to finish it."""

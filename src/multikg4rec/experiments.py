@@ -11,6 +11,7 @@ of Multi-KG4Rec against the best baseline on per-user test NDCG@20) and PNG plot
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import config_hash, load_config
-from .errors import Interrupted, UserError
+from .errors import Interrupted, RunBusy, UserError
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
             status_file.write_text(json.dumps({"running": running, "done": i, "total": len(jobs),
                                                "pid": os.getpid(), "time": time.time(), **extra}))
 
+    busy: list[tuple[int, Job]] = []
     bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True)
     for i, job in enumerate(bar):
         cfg = job.config(common)
@@ -167,6 +169,27 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         try:
             res = run(cfg, quiet=quiet_runs)
         except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
+            report(i, interrupted=str(e))
+            raise
+        except RunBusy:                           # another sweep (table 3 beside table 4) is training it
+            tqdm.write(f"{job.label} on {job.dataset} seed {job.seed} is being trained by another process; "
+                       "coming back to it at the end")
+            busy.append((i, job))
+            continue
+        except UserError as e:
+            tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
+            continue
+        rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
+    for i, job in busy:                           # wait for the other process, then read (or resume) the run
+        cfg = job.config(common)
+        rd = default_run_dir(cfg)
+        report(len(jobs) - len(busy), [job.label, job.dataset, job.seed, str(rd)], waiting=True)
+        with open(rd / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)      # blocks until the other process lets go of the run
+            fcntl.flock(lock, fcntl.LOCK_UN)
+        try:
+            res = run(cfg, quiet=quiet_runs)
+        except Interrupted as e:
             report(i, interrupted=str(e))
             raise
         except UserError as e:

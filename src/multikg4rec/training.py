@@ -37,7 +37,7 @@ from . import __version__, runtime
 from .config import config_hash, dump_config
 from .data import Dataset, load_dataset
 from .data.atomic import write_atomic
-from .errors import Interrupted, UserError
+from .errors import Interrupted, RunBusy, UserError
 from .evaluation import Evaluator, format_metrics
 from .models import Recommender, get_model_class
 from .sampling import BPRSampler, KGSampler
@@ -336,7 +336,9 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UserError(f"{run_dir} is in use by another running process") from None
+        raise RunBusy(f"{run_dir} is in use by another running process") from None
+    if done.is_file() and not restart:                             # finished by that process meanwhile
+        return RunResult(run_dir, json.loads(done.read_text()))
     if restart:
         for f in ("checkpoint.pt", "best_model.pt", "metrics.json", "log.jsonl", "topk.tsv", "per_user_test.npz"):
             (run_dir / f).unlink(missing_ok=True)
