@@ -202,3 +202,24 @@ def test_training_refuses_a_run_directory_in_use(data_dir, tmp_path):
         with pytest.raises(RunBusy, match="in use"):
             run(cfg, quiet=True)
     assert not (rd / "metrics.json").exists()
+
+
+def test_status_shows_the_live_runs_epoch_and_best_valid(tmp_path):
+    import os
+    import time
+
+    from multikg4rec import experiments
+
+    rd = tmp_path / "runs" / "ml-100k" / "kgat" / "seed3-abc"
+    rd.mkdir(parents=True)
+    rd.joinpath("log.jsonl").write_text("\n".join(json.dumps(e) for e in [
+        {"epoch": 1, "valid": {"ndcg@20": 0.20}}, {"epoch": 2, "valid": {"ndcg@20": 0.25}},
+        {"epoch": 3, "valid": {"ndcg@20": 0.24}}]) + "\n")
+    (tmp_path / "table2").mkdir()
+    (tmp_path / "table2" / "status.json").write_text(json.dumps(
+        {"running": ["KGAT", "ml-100k", 3, str(rd)], "done": 7, "total": 9, "pid": os.getpid(),
+         "time": time.time() - 600}))
+    line = experiments.status("table2", tmp_path)
+    assert "7/9 runs done; running KGAT on ml-100k seed 3 (epoch 3, best valid NDCG@20 0.2500 at epoch 2, 10 min)" \
+        in line
+    assert line.endswith("sweep process alive")

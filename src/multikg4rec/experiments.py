@@ -504,8 +504,31 @@ def status(table: str, out_root: Path = Path("results")) -> str:
         state = "sweep process alive"
     else:
         state = f"sweep process gone since {when} (killed?); the same command resumes it"
-    run = f"; running {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}" if s.get("running") and alive else ""
+    run = ""
+    if s.get("running") and alive:
+        verb = "waiting for another process to finish" if s.get("waiting") else "running"
+        run = f"; {verb} {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}"
+        if len(s["running"]) > 3:
+            run += _run_progress(Path(s["running"][3]), s.get("time"))
     return f"{table}: {s['done']}/{s['total']} runs done{run}; {state}"
+
+
+def _run_progress(run_dir: Path, since: float | None) -> str:
+    """' (epoch E, best valid NDCG@20 X at epoch B, M min)' from a live run's log.jsonl; '' before its first epoch."""
+    try:
+        log = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return ""
+    scored = [e for e in log if "valid" in e and "ndcg@20" in e["valid"]]
+    if not log:
+        return ""
+    text = f"epoch {log[-1].get('epoch', len(log))}"
+    if scored:
+        best = max(scored, key=lambda e: e["valid"]["ndcg@20"])
+        text += f", best valid NDCG@20 {best['valid']['ndcg@20']:.4f} at epoch {best.get('epoch')}"
+    if since:
+        text += f", {(time.time() - since) / 60:.0f} min"
+    return f" ({text})"
 
 
 __all__ = ["Job", "table_jobs", "run_jobs", "collect", "summarize", "reproduce", "paired_test", "config_hash"]
