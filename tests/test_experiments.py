@@ -223,3 +223,30 @@ def test_status_shows_the_live_runs_epoch_and_best_valid(tmp_path):
     assert "7/9 runs done; running KGAT on ml-100k seed 3 (epoch 3, best valid NDCG@20 0.2500 at epoch 2, 10 min)" \
         in line
     assert line.endswith("sweep process alive")
+
+
+def test_sweep_trains_convncfs_bprmf_initialisation_when_only_its_archive_is_here(monkeypatch, tmp_path):
+    """ConvNCF starts from a BPR-MF checkpoint (pretrain_path: auto); results/runs/ archives no checkpoints, so on a
+    fresh machine the sweep must train that BPR-MF run first instead of skipping ConvNCF."""
+    from multikg4rec import training
+    from multikg4rec.experiments import Job, run_jobs
+    from multikg4rec.models.convncf import bprmf_config, prerequisites
+
+    calls = []
+
+    def fake_run(cfg, quiet=True):
+        calls.append((cfg["model"], cfg["seed"]))
+        return training.RunResult(training.default_run_dir(cfg), {"model": cfg["model"]})
+
+    monkeypatch.setattr(training, "run", fake_run)
+    common = {"output_dir": str(tmp_path)}
+    job = Job("convncf", "convncf", "ml-100k", 3)
+    run_jobs([job], common)
+    assert calls == [("bprmf", 3), ("convncf", 3)]
+    cfg = job.config(common)
+    pre = training.default_run_dir(bprmf_config(cfg))
+    assert pre.parent.name == "bprmf" and pre.name.startswith("seed3-")
+    pre.mkdir(parents=True)
+    (pre / "best_model.pt").write_bytes(b"")
+    assert prerequisites(cfg) == []                     # present here: nothing to train
+    assert prerequisites({**cfg, "pretrain_path": None}) == []

@@ -167,6 +167,9 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
         report(i, [job.label, job.dataset, job.seed, str(rd)])
         try:
+            for pre in _prerequisites(cfg):       # e.g. ConvNCF's BPR-MF initialisation, archived elsewhere
+                tqdm.write(f"{job.label} on {job.dataset} seed {job.seed} needs {pre['model']} first: training it")
+                run(pre, quiet=quiet_runs)
             res = run(cfg, quiet=quiet_runs)
         except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
             report(i, interrupted=str(e))
@@ -198,6 +201,17 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
     report(len(jobs), finished=True)
     return rows
+
+
+def _prerequisites(cfg: dict) -> list[dict]:
+    """Configs of runs that must finish on this machine before ``cfg`` can train (its model module's
+    ``prerequisites``; none for most models)."""
+    import importlib
+    try:
+        module = importlib.import_module(f".models.{cfg['model']}", __package__)
+    except ImportError:
+        return []
+    return list(getattr(module, "prerequisites", lambda c: [])(cfg))
 
 
 def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[dict]:

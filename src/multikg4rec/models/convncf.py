@@ -75,15 +75,30 @@ def morton_patch_index(d: int) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, cols
 
 
-def bprmf_run_dir(config: dict):
-    """The run directory of the default BPR-MF run that matches ``config``'s dataset, data
+def bprmf_config(config: dict) -> dict:
+    """The config of the default BPR-MF run that matches ``config``'s dataset, data
     preprocessing, seed, embedding size and output root (``pretrain_path: auto``)."""
     from ..config import load_config
     from ..data.dataset import DATA_KEYS
+    keep = ("seed", "embedding_size", "output_dir", "data_dir", "cache_dir", "threads", *DATA_KEYS)
+    return load_config("bprmf", config["dataset"], None, {k: config[k] for k in keep if k in config})
+
+
+def prerequisites(config: dict) -> list[dict]:
+    """Runs that must have finished (with their checkpoint) before this ConvNCF run can start:
+    its BPR-MF initialisation under ``pretrain_path: auto`` when that run is not on this
+    machine (a sweep trains it first; an archived copy in ``results/runs/`` has no checkpoint)."""
     from ..training import default_run_dir
-    keep = ("seed", "embedding_size", "output_dir", "data_dir", "cache_dir", *DATA_KEYS)
-    cfg = load_config("bprmf", config["dataset"], None, {k: config[k] for k in keep if k in config})
-    run_dir = default_run_dir(cfg)
+    if str(config.get("pretrain_path")) != "auto":
+        return []
+    cfg = bprmf_config(config)
+    return [] if (default_run_dir(cfg) / "best_model.pt").is_file() else [cfg]
+
+
+def bprmf_run_dir(config: dict):
+    """The run directory of :func:`bprmf_config`'s run; an error if it has not finished here."""
+    from ..training import default_run_dir
+    run_dir = default_run_dir(bprmf_config(config))
     if not (run_dir / "best_model.pt").is_file():
         raise UserError(f"convncf: pretrain_path auto: no finished BPR-MF run at {run_dir}; train it first: "
                         f"multikg4rec train --model bprmf --dataset {config['dataset']} --seed {config['seed']} "
