@@ -145,6 +145,7 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
     a failing job is logged and skipped."""
     from tqdm.auto import tqdm
 
+    from .models import get_model_class
     from .training import default_run_dir, run
     rows = []
 
@@ -155,7 +156,24 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
             status_file.write_text(json.dumps({"running": running, "done": i, "total": len(jobs),
                                                "pid": os.getpid(), "time": time.time(), **extra}))
 
-    busy: list[tuple[int, Job]] = []
+    def attempt(i: int, job: Job, cfg: dict) -> None:
+        """Train ``job`` (its prerequisites first) and keep its row; RunBusy propagates to the caller."""
+        try:
+            for pre in get_model_class(cfg["model"]).prerequisites(cfg):  # e.g. ConvNCF's BPR-MF initialisation
+                tqdm.write(f"{job.label} on {job.dataset} seed {job.seed} needs {pre['model']} first: training it")
+                run(pre, quiet=quiet_runs)
+            res = run(cfg, quiet=quiet_runs)
+        except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
+            report(i, interrupted=str(e))
+            raise
+        except RunBusy:
+            raise
+        except UserError as e:
+            tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
+            return
+        rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
+
+    busy: list[tuple[int, Job, dict, Path]] = []
     bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True)
     for i, job in enumerate(bar):
         cfg = job.config(common)
@@ -167,51 +185,22 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
         report(i, [job.label, job.dataset, job.seed, str(rd)])
         try:
-            for pre in _prerequisites(cfg):       # e.g. ConvNCF's BPR-MF initialisation, archived elsewhere
-                tqdm.write(f"{job.label} on {job.dataset} seed {job.seed} needs {pre['model']} first: training it")
-                run(pre, quiet=quiet_runs)
-            res = run(cfg, quiet=quiet_runs)
-        except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
-            report(i, interrupted=str(e))
-            raise
+            attempt(i, job, cfg)
         except RunBusy:                           # another sweep (table 3 beside table 4) is training it
             tqdm.write(f"{job.label} on {job.dataset} seed {job.seed} is being trained by another process; "
                        "coming back to it at the end")
-            busy.append((i, job))
-            continue
-        except UserError as e:
-            tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
-            continue
-        rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
-    for i, job in busy:                           # wait for the other process, then read (or resume) the run
-        cfg = job.config(common)
-        rd = default_run_dir(cfg)
+            busy.append((i, job, cfg, rd))
+    for i, job, cfg, rd in busy:                  # wait for the other process, then read (or resume) the run
         report(len(jobs) - len(busy), [job.label, job.dataset, job.seed, str(rd)], waiting=True)
         with open(rd / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)      # blocks until the other process lets go of the run
             fcntl.flock(lock, fcntl.LOCK_UN)
         try:
-            res = run(cfg, quiet=quiet_runs)
-        except Interrupted as e:
-            report(i, interrupted=str(e))
-            raise
-        except UserError as e:
+            attempt(i, job, cfg)
+        except RunBusy as e:                      # taken again in between by yet another process
             tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
-            continue
-        rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
     report(len(jobs), finished=True)
     return rows
-
-
-def _prerequisites(cfg: dict) -> list[dict]:
-    """Configs of runs that must finish on this machine before ``cfg`` can train (its model module's
-    ``prerequisites``; none for most models)."""
-    import importlib
-    try:
-        module = importlib.import_module(f".models.{cfg['model']}", __package__)
-    except ImportError:
-        return []
-    return list(getattr(module, "prerequisites", lambda c: [])(cfg))
 
 
 def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[dict]:
@@ -530,12 +519,12 @@ def status(table: str, out_root: Path = Path("results")) -> str:
 def _run_progress(run_dir: Path, since: float | None) -> str:
     """' (epoch E, best valid NDCG@20 X at epoch B, M min)' from a live run's log.jsonl; '' before its first epoch."""
     try:
-        log = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines() if line.strip()]
+        log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
     except (OSError, ValueError):
         return ""
-    scored = [e for e in log if "valid" in e and "ndcg@20" in e["valid"]]
     if not log:
         return ""
+    scored = [e for e in log if "ndcg@20" in e.get("valid", {})]
     text = f"epoch {log[-1].get('epoch', len(log))}"
     if scored:
         best = max(scored, key=lambda e: e["valid"]["ndcg@20"])

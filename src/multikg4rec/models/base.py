@@ -41,6 +41,12 @@ class Recommender(nn.Module):
     #: the trainer runs a KG pass (calculate_kg_loss) after each CF pass
     uses_kg_loss: bool = False
 
+    @classmethod
+    def prerequisites(cls, config: dict) -> list[dict]:
+        """Configs of runs that must have finished on this machine before a run of ``config``
+        can start (a sweep trains them first); none by default."""
+        return []
+
     def __init__(self, dataset: Dataset, config: dict):
         super().__init__()
         self.n_users = dataset.n_users

@@ -108,6 +108,7 @@ def bprmf_run_dir(config: dict):
 
 class ConvNCF(Recommender):
     name = "convncf"
+    prerequisites = classmethod(lambda cls, config: prerequisites(config))
 
     #: floats of first-layer activations per chunk of pairs in full_sort_predict
     EVAL_BLOCK = 1 << 19
