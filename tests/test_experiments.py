@@ -250,3 +250,33 @@ def test_sweep_trains_convncfs_bprmf_initialisation_when_only_its_archive_is_her
     (pre / "best_model.pt").write_bytes(b"")
     assert prerequisites(cfg) == []                     # present here: nothing to train
     assert prerequisites({**cfg, "pretrain_path": None}) == []
+
+
+def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs(tmp_path, capsys):
+    """`reproduce --plan`: finished runs (here or archived), a half-done run's remaining share, no training."""
+    from multikg4rec.experiments import Job, plan
+    from multikg4rec.training import default_run_dir
+
+    common = {"output_dir": str(tmp_path / "runs")}
+    jobs = [Job("bprmf", "bprmf", "ml-100k", s) for s in (0, 1, 2)] + [Job("kgat", "kgat", "ml-100k", 0)]
+    archive = tmp_path / "results" / "runs"
+    done = archive.joinpath(*default_run_dir(jobs[0].config(common)).parts[-3:])   # seed 0: archived only
+    done.mkdir(parents=True)
+    (done / "metrics.json").write_text(json.dumps({"train_seconds_total": 600.0, "epochs_run": 60}))
+    half = default_run_dir(jobs[1].config(common))                                  # seed 1: 30 of ~60 epochs
+    half.mkdir(parents=True)
+    (half / "log.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, 31)))
+    text = plan(jobs, common, archive)
+    lines = text.splitlines()
+    assert lines[0] == ("4 runs: 1 finished, 3 to do; about 0.2 h of training at the speed the finished runs of the "
+                        "same kind recorded (one run per core); 1 run(s) with no finished run of their kind to "
+                        "estimate from")
+    assert lines[1].split() == ["bprmf", "ml-100k", "seed", "0", "finished"]
+    assert lines[2].split() == ["bprmf", "ml-100k", "seed", "1", "in", "progress", "(epoch", "30)", "~5", "min"]
+    assert lines[3].split() == ["bprmf", "ml-100k", "seed", "2", "to", "train", "~10", "min"]
+    assert lines[4].split() == ["kgat", "ml-100k", "seed", "0", "to", "train", "(no", "estimate)"]
+    assert not (tmp_path / "runs").joinpath(*default_run_dir(jobs[2].config(common)).parts[-3:]).exists()
+    # the CLI prints the same plan and trains nothing
+    assert main(["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "1", "--models", "bprmf", "--plan",
+                 "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == ["bprmf", "ml-100k", "seed", "0", "finished"]

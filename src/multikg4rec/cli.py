@@ -125,13 +125,13 @@ def cmd_reproduce(args, rest) -> int:
         for t in args.datasets or ["table2", "table3", "table4"]:
             print(status(t, Path(args.results)))
         return 0
-    if args.background:
+    if args.background and not args.plan:
         argv = [a for a in (args.argv or []) if a != "--background"]
         return launch_background(argv, Path(args.results) / args.table)
     datasets = args.datasets or ["ml-100k", "ml-1m"]
     command = "multikg4rec " + " ".join(a for a in (args.argv or []) if a != "--background")
     reproduce(args.table, datasets, args.seeds, _common_overrides(args, rest), Path(args.results),
-              models=args.models, only_summarize=args.summarize, command=command)
+              models=args.models, only_summarize=args.summarize, command=command, only_plan=args.plan)
     return 0
 
 
@@ -209,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--models", nargs="+", help="table2 only: a subset of its models")
     r.add_argument("--results", default="results", help="output root (default ./results)")
     r.add_argument("--summarize", action="store_true", help="only tabulate finished runs, train nothing")
+    r.add_argument("--plan", action="store_true",
+                   help="list the runs the sweep needs (finished / in progress / to train) and the minutes each "
+                        "should take, estimated from finished runs of the same kind; train nothing")
     r.add_argument("--background", action="store_true", help="run detached; log in results/<table>/sweep.log")
     r.add_argument("--data-dir")
     r.add_argument("--cache-dir")

@@ -214,6 +214,56 @@ def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[
     return rows
 
 
+def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
+    """What a sweep still has to do, run by run: finished (here or archived), in progress (its last epoch) or
+    to train, with the minutes each should take, estimated from the finished runs of the same kind (same
+    model, label and dataset; their recorded ``train_seconds_total``). Trains nothing."""
+    from .training import default_run_dir
+    states, spent = [], {}
+    for job in jobs:
+        rd = default_run_dir(job.config(common))
+        done = finished_dir(rd, archive)
+        key = (job.model, job.label, job.dataset)
+        if done is not None:
+            m = json.loads((done / "metrics.json").read_text())
+            if m.get("train_seconds_total"):
+                spent.setdefault(key, []).append((float(m["train_seconds_total"]), int(m["epochs_run"])))
+            states.append((job, rd, "finished", None))
+            continue
+        epochs = 0
+        if (rd / "log.jsonl").is_file():
+            epochs = sum(1 for line in (rd / "log.jsonl").read_text().splitlines() if line.strip())
+        states.append((job, rd, f"in progress (epoch {epochs})" if epochs else "to train", epochs))
+    lines, total, unknown = [], 0.0, 0
+    width = max((len(j.label) for j in jobs), default=0)
+    seen = set()
+    for job, rd, state, epochs in states:
+        if rd in seen:                                    # tables 3 and 4 list the full model and w/o t&v twice
+            continue
+        seen.add(rd)
+        eta = ""
+        if epochs is not None:
+            past = spent.get((job.model, job.label, job.dataset))
+            if past:
+                secs = float(np.median([s for s, _ in past]))
+                left = secs * max(0.0, 1 - epochs / float(np.median([e for _, e in past])))
+                total += left
+                eta = f"~{left / 60:.0f} min"
+            else:
+                unknown += 1
+                eta = "(no estimate)"
+        lines.append(f"  {job.label:<{width}}  {job.dataset:<9}  seed {job.seed}  {state}"
+                     + (f"  {eta}" if eta else ""))
+    n_done = len({rd for _, rd, state, _ in states if state == "finished"})
+    head = f"{len(seen)} runs: {n_done} finished, {len(seen) - n_done} to do"
+    if len(seen) - n_done > unknown:
+        head += (f"; about {total / 3600:.1f} h of training at the speed the finished runs of the same kind "
+                 "recorded (one run per core)")
+    if unknown:
+        head += f"; {unknown} run(s) with no finished run of their kind to estimate from"
+    return "\n".join([head, *lines])
+
+
 def write_csv(rows: list[dict], path: Path) -> None:
     cols = ["label", "model", "dataset", "seed", *METRICS, "valid_ndcg@20", "best_epoch", "epochs_run",
             "seconds_per_epoch", "train_seconds_total", "peak_rss_mb", "encoder", "commit", "config_hash", "run_dir"]
@@ -450,7 +500,8 @@ def tune(model: str, dataset: str, budget: int, common: dict, out_root: Path = P
 # --------------------------------------------------------------------------- entry points
 
 def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_root: Path = Path("results"),
-              models: list[str] | None = None, only_summarize: bool = False, command: str | None = None) -> Path:
+              models: list[str] | None = None, only_summarize: bool = False, command: str | None = None,
+              only_plan: bool = False) -> Path:
     out = out_root / table
     out.mkdir(parents=True, exist_ok=True)
     seed_list = list(range(seeds))
@@ -459,6 +510,9 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
         return out
     jobs = table_jobs(table, datasets, seed_list, common, models)
     archive = out_root / "runs"
+    if only_plan:
+        print(plan(jobs, common, archive))
+        return out
     if not only_summarize:
         run_jobs(jobs, common, status_file=out / "status.json", archive=archive)
     rows = collect(jobs, common, archive)
@@ -534,4 +588,4 @@ def _run_progress(run_dir: Path, since: float | None) -> str:
     return f" ({text})"
 
 
-__all__ = ["Job", "table_jobs", "run_jobs", "collect", "summarize", "reproduce", "paired_test", "config_hash"]
+__all__ = ["Job", "table_jobs", "plan", "run_jobs", "collect", "summarize", "reproduce", "paired_test", "config_hash"]
