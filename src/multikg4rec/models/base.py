@@ -14,8 +14,8 @@ Optional hooks (no-ops here):
   (``uses_kg_loss = True``); ``batch`` has ``heads``, ``relations``,
   ``pos_tails``, ``neg_tails`` over the ids of ``kg_train_triples()``.
 * ``kg_train_triples() -> (np.ndarray (n, 3), n_nodes)``: the triples the KG pass
-  samples (default: the whole CKG with inverses, as KGAT trains TransR on it);
-  node ids as in ``Dataset.ckg()``.
+  samples (default: the whole CKG with inverses, as KGAT trains TransR on it;
+  ``kg_loss_triples: kg`` the KG's own triples); node ids as in ``Dataset.ckg()``.
 * ``on_epoch_end(epoch)``: e.g. KGAT recomputes its attention.
 * ``final_embeddings()``: for inner-product models, the final user and item
   embeddings; the base class then caches them once per evaluation (``prepare_eval``)
@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import Dataset
+from ..errors import UserError
 
 
 class Recommender(nn.Module):
@@ -85,6 +86,16 @@ class Recommender(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no KG loss")
 
     def kg_train_triples(self) -> tuple[np.ndarray, int]:
+        """``kg_loss_triples: ckg`` (default): every CKG triple with its inverse, the user-item
+        ``interact`` edges included, as the KGAT release trains TransR; ``kg``: the KG's own triples
+        only (relation ids as in the CKG, corrupted tails among the entities), as RecBole's KGAT does:
+        on ml-1m 20,782 instead of 1,652,450 triples per KG pass."""
+        which = self.config.get("kg_loss_triples", "ckg")
+        if which == "kg":
+            kg = self.dataset.kg
+            return np.stack([kg[:, 0], kg[:, 1] + 1, kg[:, 2]], 1), self.n_entities
+        if which != "ckg":
+            raise UserError(f"kg_loss_triples must be 'ckg' or 'kg', not {which!r}")
         ckg = self.dataset.ckg()
         triples = torch.stack([ckg.head, ckg.relation, ckg.tail], 1).numpy()
         return triples, ckg.n_nodes
