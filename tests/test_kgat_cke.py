@@ -68,15 +68,15 @@ def test_kg_triples(ml100k_small):
     assert n == ckg.n_nodes and len(t) == len(ckg.head) == 2 * (len(ml100k_small.train) + len(ml100k_small.kg))
     t, n = cke.kg_train_triples()
     assert n == ml100k_small.n_entities and np.array_equal(t, ml100k_small.kg)
-    # kg_loss_triples: kg (RecBole's KGAT): the KG's own triples, with the relation ids the CKG gives them
-    # (0 is `interact`), so that TransR's W_r of each KG relation is the one the propagation's attention uses
+    # kg_loss_triples: kg (RecBole's KGAT with kg_reverse_r): the KG's triples and their inverses, with the relation
+    # ids the CKG gives them (0 = interact), so that TransR's W_r of each relation is the one the attention uses
     own, _ = make("kgat", ml100k_small, kg_loss_triples="kg")
     t, n = own.kg_train_triples()
-    kg = ml100k_small.kg
-    assert n == ml100k_small.n_entities and len(t) == len(kg)
-    in_ckg = {tuple(x) for x in torch.stack([ckg.head, ckg.relation, ckg.tail], 1).tolist()}
-    assert all(tuple(x) in in_ckg for x in t.tolist()) and t[:, 1].min() >= 1
-    assert np.array_equal(t[:, [0, 2]], kg[:, [0, 2]])
+    kg, R = ml100k_small.kg, ml100k_small.n_relations + 1
+    assert n == ml100k_small.n_entities and len(t) == 2 * len(kg) and t[:, [0, 2]].max() < n
+    expect = np.concatenate([np.stack([kg[:, 0], kg[:, 1] + 1, kg[:, 2]], 1),
+                             np.stack([kg[:, 2], kg[:, 1] + 1 + R, kg[:, 0]], 1)])
+    assert np.array_equal(t, expect)
     losses = descend(own, own.calculate_kg_loss, kg_batch(own))
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     with pytest.raises(Exception, match="kg_loss_triples"):
