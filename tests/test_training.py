@@ -234,3 +234,17 @@ def test_peak_memory_is_per_run_not_per_process():
     after = peak_rss_mb()
     assert high > base + 250
     assert after < high - 200                    # the window restarted below the old peak
+
+
+def test_output_piped_into_a_reader_that_left_ends_quietly(monkeypatch):
+    """`multikg4rec ... | head`: once the reader has gone, exit 0 without a traceback."""
+    import os
+    import sys
+
+    from multikg4rec.cli import main
+    r, w = os.pipe()
+    os.close(r)                                   # the reader (head) has already exited
+    out = os.fdopen(w, "w", buffering=1)
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["models"]) == 0
+    out.close()                                   # its fd now points at /dev/null: closing raises nothing

@@ -9,6 +9,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -271,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:                 # `multikg4rec ... | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 0
 
 
 if __name__ == "__main__":
