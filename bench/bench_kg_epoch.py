@@ -8,6 +8,9 @@ measured in the same invocation (the machine is shared: ratios are steadier than
 
     python bench/bench_kg_epoch.py --dataset ml-1m --models kgat multikg4rec --epochs 1 \
         --write bench/results/kg_epoch_ml-1m.md
+
+A model may carry its own overrides, ``name@key=value[,key=value]`` (YAML values), e.g.
+``multikg4rec@kg_loss_triples=kg``: a variant measured beside its default in the same run.
 """
 from __future__ import annotations
 
@@ -60,7 +63,8 @@ print(json.dumps({"seconds": tr.train_seconds, "cf": cf_t, "kg": kg_t, "build": 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="ml-1m")
-    p.add_argument("--models", nargs="+", default=["kgat", "multikg4rec"], help="the first one is the baseline")
+    p.add_argument("--models", nargs="+", default=["kgat", "multikg4rec"],
+                   help="the first one is the baseline; name@key=value[,key=value] for a variant")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--data-dir", default=os.environ.get("MULTIKG4REC_DATA",
@@ -70,15 +74,19 @@ def main() -> None:
     a = p.parse_args()
     load0 = os.getloadavg()
     rows, base = [], None
-    for model in a.models:
+    import yaml
+    for spec in a.models:
+        model, _, extra = spec.partition("@")
+        over = json.loads(a.set) | {k: yaml.safe_load(v) for k, v in
+                                    (kv.split("=", 1) for kv in filter(None, extra.split(",")))}
         r = subprocess.run([sys.executable, "-c", CHILD, model, a.dataset, str(a.threads), str(a.epochs),
-                            a.data_dir, a.set], capture_output=True, text=True)
+                            a.data_dir, json.dumps(over)], capture_output=True, text=True)
         if r.returncode:
-            sys.exit(f"{model}: failed\n{r.stderr[-2000:]}")
+            sys.exit(f"{spec}: failed\n{r.stderr[-2000:]}")
         res = json.loads(r.stdout.strip().splitlines()[-1])
         best = min(res["seconds"])
         base = base or best
-        rows.append(f"| {model} | {res['batch_size']} x {res['cf_batches']} | {res['kg_batch_size']} x "
+        rows.append(f"| {spec} | {res['batch_size']} x {res['cf_batches']} | {res['kg_batch_size']} x "
                     f"{res['kg_batches']} | {min(res['cf']):.1f} | {min(res['kg']) if res['kg'] else 0:.1f} | "
                     f"**{best:.1f}** | {best / base:.2f}x | {res['peak_rss_mb']:.0f} | {res['n_params']:,} |")
         print(rows[-1], flush=True)
