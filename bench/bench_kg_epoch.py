@@ -74,10 +74,10 @@ def main() -> None:
     a = p.parse_args()
     load0 = os.getloadavg()
     rows, base = [], None
-    import yaml
+    from multikg4rec.config import parse_value      # the CLI's --key value parsing (YAML scalars/lists)
     for spec in a.models:
         model, _, extra = spec.partition("@")
-        over = json.loads(a.set) | {k: yaml.safe_load(v) for k, v in
+        over = json.loads(a.set) | {k: parse_value(v) for k, v in
                                     (kv.split("=", 1) for kv in filter(None, extra.split(",")))}
         r = subprocess.run([sys.executable, "-c", CHILD, model, a.dataset, str(a.threads), str(a.epochs),
                             a.data_dir, json.dumps(over)], capture_output=True, text=True)

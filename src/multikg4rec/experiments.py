@@ -230,9 +230,7 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
                 spent.setdefault(key, []).append((float(m["train_seconds_total"]), int(m["epochs_run"])))
             states.append((job, rd, "finished", None))
             continue
-        epochs = 0
-        if (rd / "log.jsonl").is_file():
-            epochs = sum(1 for line in (rd / "log.jsonl").read_text().splitlines() if line.strip())
+        epochs = len(_log_entries(rd))
         states.append((job, rd, f"in progress (epoch {epochs})" if epochs else "to train", epochs))
     lines, total, unknown = [], 0.0, 0
     width = max((len(j.label) for j in jobs), default=0)
@@ -570,12 +568,17 @@ def status(table: str, out_root: Path = Path("results")) -> str:
     return f"{table}: {s['done']}/{s['total']} runs done{run}; {state}"
 
 
+def _log_entries(run_dir: Path) -> list[dict]:
+    """The per-epoch entries of a run's log.jsonl; [] when it has none (yet) or cannot be read."""
+    try:
+        return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
 def _run_progress(run_dir: Path, since: float | None) -> str:
     """' (epoch E, best valid NDCG@20 X at epoch B, M min)' from a live run's log.jsonl; '' before its first epoch."""
-    try:
-        log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return ""
+    log = _log_entries(run_dir)
     if not log:
         return ""
     scored = [e for e in log if "ndcg@20" in e.get("valid", {})]
