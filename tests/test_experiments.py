@@ -280,3 +280,31 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     assert main(["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "1", "--models", "bprmf", "--plan",
                  "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "runs")]) == 0
     assert capsys.readouterr().out.splitlines()[1].split() == ["bprmf", "ml-100k", "seed", "0", "finished"]
+
+
+def test_archived_result_wins_over_a_run_retrained_here_and_the_difference_is_reported(tmp_path, caplog):
+    """A run re-trained under the same name (the RecBole check does this) must not change a committed table
+    silently: the archive copy is read, a warning names both NDCG@20 values; without a difference, no warning;
+    a run finished only here is read from here."""
+    from multikg4rec.experiments import Job, collect
+    from multikg4rec.training import default_run_dir
+
+    common = {"output_dir": str(tmp_path / "runs")}
+    jobs = [Job("bprmf", "bprmf", "ml-100k", s) for s in (0, 1, 2)]
+    archive = tmp_path / "results" / "runs"
+
+    def finish(d, ndcg):
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"test": {"ndcg@20": ndcg}}))
+
+    local = [default_run_dir(j.config(common)) for j in jobs]
+    kept = [archive.joinpath(*d.parts[-3:]) for d in local]
+    finish(local[0], 0.2506), finish(kept[0], 0.2467)      # seed 0: re-trained here, differs
+    finish(local[1], 0.30), finish(kept[1], 0.30)          # seed 1: re-trained here, same result
+    finish(local[2], 0.28)                                 # seed 2: only here
+    with caplog.at_level("WARNING", logger="multikg4rec.experiments"):
+        rows = collect(jobs, common, archive)
+    assert [r["run_dir"] for r in rows] == [kept[0], kept[1], local[2]]
+    assert [r["metrics"]["test"]["ndcg@20"] for r in rows] == [0.2467, 0.30, 0.28]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "0.2506" in warnings[0] and "0.2467" in warnings[0] and str(kept[0]) in warnings[0]

@@ -121,8 +121,22 @@ def archived(archive: Path | None, run_dir: Path) -> Path | None:
 
 
 def finished_dir(run_dir: Path, archive: Path | None) -> Path | None:
-    """Where a finished run's files are: its run directory, else its archive copy, else None."""
-    return run_dir if (Path(run_dir) / "metrics.json").is_file() else archived(archive, run_dir)
+    """Where a finished run's files are: its archive copy (the committed record, so a table rebuilt on a
+    fresh checkout is the same table), else its run directory, else None. A run re-trained here under the
+    same name (e.g. by the RecBole check) does not replace an archived result silently: ``collect`` warns."""
+    return archived(archive, run_dir) or (run_dir if (Path(run_dir) / "metrics.json").is_file() else None)
+
+
+def _differs(local: Path, kept: Path) -> str | None:
+    """A one-line warning if the finished run ``local`` and its archive copy ``kept`` disagree on test NDCG@20."""
+    if local == kept or not (local / "metrics.json").is_file():
+        return None
+    a, b = (json.loads((d / "metrics.json").read_text())["test"].get("ndcg@20") for d in (local, kept))
+    if a == b:
+        return None
+    return (f"{local} was re-trained here (test NDCG@20 {a:.4f}) and differs from its archived copy {kept} "
+            f"({b:.4f}); the tables use the archived copy. To use the new run instead, delete the archived copy "
+            f"and run the command again with --summarize (it re-archives the run found here).")
 
 
 def archive_runs(rows: list[dict], archive: Path) -> None:
@@ -204,12 +218,15 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
 
 
 def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[dict]:
-    """Finished runs of the jobs (read from their run directories, else from the archive)."""
+    """Finished runs of the jobs (read from the archive, else from their run directories)."""
     from .training import default_run_dir
     rows = []
     for job in jobs:
-        rd = finished_dir(default_run_dir(job.config(common)), archive)
+        local = default_run_dir(job.config(common))
+        rd = finished_dir(local, archive)
         if rd is not None:
+            if warning := _differs(Path(local), rd):
+                log.warning(warning)
             rows.append({"job": job, "run_dir": rd, "metrics": json.loads((rd / "metrics.json").read_text())})
     return rows
 
