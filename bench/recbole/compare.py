@@ -25,6 +25,7 @@ through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/sp
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
@@ -306,7 +307,6 @@ def main(argv=None) -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     command = "MULTIKG4REC_DATA=" + os.environ.get("MULTIKG4REC_DATA", "./data") + " python bench/recbole/compare.py " + \
         " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    rows = read_rows(md)
     for ours, rb in pairs:
         for seed in seeds:
             print(f"compare: {args.dataset} {ours} vs RecBole {rb}, seed {seed}", file=sys.stderr, flush=True)
@@ -317,10 +317,12 @@ def main(argv=None) -> None:
                    "eval_agreement": agree,
                    "ours_result": _slim(o["metrics"]), "recbole_result": _slim(b), "run_dir": o["run_dir"],
                    "command": command, "date": utc_date(), "machine": machine()}
-            rows = [r for r in rows if (r["ours"], r["recbole"], r["seed"], r.get("variant")) !=
-                    (ours, rb, seed, variant)] + [row]
             md.parent.mkdir(parents=True, exist_ok=True)
-            md.write_text(render(args.dataset, rows), encoding="utf-8")
+            with open(md.with_suffix(".lock"), "a") as lock:   # two compare.py calls side by side: re-read the
+                fcntl.flock(lock, fcntl.LOCK_EX)               # table under a lock, or one drops the other's row
+                rows = [r for r in read_rows(md) if (r["ours"], r["recbole"], r["seed"], r.get("variant")) !=
+                        (ours, rb, seed, variant)] + [row]
+                md.write_text(render(args.dataset, rows), encoding="utf-8")
             def fmt(res):
                 return "not run" if not res else " ".join(f"{m} {res['test'][m]:.4f}" for m in METRICS) + \
                     f"  {res['seconds_per_epoch']} s/epoch"
