@@ -11,6 +11,7 @@ run; compare ops within one run.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -32,13 +33,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--top", type=int, default=25, help="rows of the op table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", default=os.environ.get("MULTIKG4REC_DATA", "../shared/data"))
     a = p.parse_args()
     over = {k: parse_value(v) for k, _, v in (s.partition("=") for s in a.set)}
-    data_dir = a.data_dir or runtime_data_dir()
-    torch.set_num_threads(a.threads)
+    data_dir = a.data_dir
     cfg = load_config(a.model, a.dataset, None, over | {"data_dir": data_dir, "threads": a.threads})
-    runtime.configure(cfg)
+    runtime.configure(cfg)                              # torch threads, malloc thresholds (as a run)
     seed_everything(cfg["seed"])
     ds = load_dataset(a.dataset, cfg, data_dir=data_dir)
     model = build_model(cfg, ds)
@@ -67,11 +67,6 @@ def main() -> None:
     for e in rows[: a.top]:
         print(f"{e.key[:48]:48s} {e.self_cpu_time_total / 1e3 / a.steps:8.1f} {e.self_cpu_time_total / total:6.1%} "
               f"{e.count // a.steps:5d}  {str(e.input_shapes)[:110]}")
-
-
-def runtime_data_dir() -> str:
-    import os
-    return os.environ.get("MULTIKG4REC_DATA", str(Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 if __name__ == "__main__":

@@ -127,11 +127,13 @@ def finished_dir(run_dir: Path, archive: Path | None) -> Path | None:
     return archived(archive, run_dir) or (run_dir if (Path(run_dir) / "metrics.json").is_file() else None)
 
 
-def _differs(local: Path, kept: Path) -> str | None:
-    """A one-line warning if the finished run ``local`` and its archive copy ``kept`` disagree on test NDCG@20."""
+def _differs(local: Path, kept: Path, kept_metrics: dict) -> str | None:
+    """A one-line warning if ``local`` is a finished run other than its archive copy ``kept`` and the two
+    disagree on test NDCG@20."""
     if local == kept or not (local / "metrics.json").is_file():
         return None
-    a, b = (json.loads((d / "metrics.json").read_text())["test"].get("ndcg@20") for d in (local, kept))
+    a = json.loads((local / "metrics.json").read_text())["test"].get("ndcg@20")
+    b = kept_metrics["test"].get("ndcg@20")
     if a == b:
         return None
     return (f"{local} was re-trained here (test NDCG@20 {a:.4f}) and differs from its archived copy {kept} "
@@ -225,9 +227,10 @@ def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[
         local = default_run_dir(job.config(common))
         rd = finished_dir(local, archive)
         if rd is not None:
-            if warning := _differs(Path(local), rd):
+            metrics = json.loads((rd / "metrics.json").read_text())
+            if warning := _differs(Path(local), rd, metrics):
                 log.warning(warning)
-            rows.append({"job": job, "run_dir": rd, "metrics": json.loads((rd / "metrics.json").read_text())})
+            rows.append({"job": job, "run_dir": rd, "metrics": metrics})
     return rows
 
 
