@@ -258,7 +258,9 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     from multikg4rec.training import default_run_dir
 
     common = {"output_dir": str(tmp_path / "runs")}
-    jobs = [Job("bprmf", "bprmf", "ml-100k", s) for s in (0, 1, 2)] + [Job("kgat", "kgat", "ml-100k", 0)]
+    jobs = [Job("bprmf", "bprmf", "ml-100k", s) for s in (0, 1, 2)] + [Job("kgat", "kgat", "ml-100k", 0),
+                                                                       Job("d32", "bprmf", "ml-100k", 0,
+                                                                           {"embedding_size": 32})]
     archive = tmp_path / "results" / "runs"
     done = archive.joinpath(*default_run_dir(jobs[0].config(common)).parts[-3:])   # seed 0: archived only
     done.mkdir(parents=True)
@@ -268,13 +270,16 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     (half / "log.jsonl").write_text("".join(json.dumps({"epoch": e}) + "\n" for e in range(1, 31)))
     text = plan(jobs, common, archive)
     lines = text.splitlines()
-    assert lines[0] == ("4 runs: 1 finished, 3 to do; about 0.2 h of training at the speed the finished runs of the "
+    assert lines[0] == ("5 runs: 1 finished, 4 to do; about 0.4 h of training at the speed the finished runs of the "
                         "same kind recorded (one run per core); 1 run(s) with no finished run of their kind to "
                         "estimate from")
     assert lines[1].split() == ["bprmf", "ml-100k", "seed", "0", "finished"]
     assert lines[2].split() == ["bprmf", "ml-100k", "seed", "1", "in", "progress", "(epoch", "30)", "~5", "min"]
     assert lines[3].split() == ["bprmf", "ml-100k", "seed", "2", "to", "train", "~10", "min"]
     assert lines[4].split() == ["kgat", "ml-100k", "seed", "0", "to", "train", "(no", "estimate)"]
+    # a variant with no finished run of its own (a Table-4 t2v) is estimated from the model's other labels
+    assert lines[5].split() == ["d32", "ml-100k", "seed", "0", "to", "train", "~10", "min", "(from", "other",
+                                "variants", "of", "the", "model)"]
     assert not (tmp_path / "runs").joinpath(*default_run_dir(jobs[2].config(common)).parts[-3:]).exists()
     # the CLI prints the same plan and trains nothing
     assert main(["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "1", "--models", "bprmf", "--plan",

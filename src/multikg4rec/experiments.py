@@ -237,7 +237,8 @@ def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[
 def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
     """What a sweep still has to do, run by run: finished (here or archived), in progress (its last epoch) or
     to train, with the minutes each should take, estimated from the finished runs of the same kind (same
-    model, label and dataset; their recorded ``train_seconds_total``). Trains nothing."""
+    model, label and dataset; their recorded ``train_seconds_total``), else from the finished runs of the
+    same model and dataset under other labels (said so). Trains nothing."""
     from .training import default_run_dir
     states, spent = [], {}
     for job in jobs:
@@ -262,11 +263,14 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
         eta = ""
         if epochs is not None:
             past = spent.get((job.model, job.label, job.dataset))
+            other = not past                              # e.g. t2v: estimate from the model's other variants
+            if other:
+                past = [x for (m, _, d), runs in spent.items() if (m, d) == (job.model, job.dataset) for x in runs]
             if past:
                 secs = float(np.median([s for s, _ in past]))
                 left = secs * max(0.0, 1 - epochs / float(np.median([e for _, e in past])))
                 total += left
-                eta = f"~{left / 60:.0f} min"
+                eta = f"~{left / 60:.0f} min" + (" (from other variants of the model)" if other else "")
             else:
                 unknown += 1
                 eta = "(no estimate)"
