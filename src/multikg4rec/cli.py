@@ -112,6 +112,20 @@ def cmd_explain(args, rest) -> int:
     return 0
 
 
+def cmd_recommend(args, rest) -> int:
+    from .recommend import recommend
+    if not args.users and not args.all_users:
+        raise UserError("name the users: --users ID [ID ...] (original ids) or --all-users")
+    recs = recommend(args.run, None if args.all_users else args.users, k=args.k, exclude=args.exclude,
+                     labels=not args.no_labels)
+    if args.out:
+        recs.to_csv(args.out, sep="\t", index=False)
+        print(f"wrote {len(recs)} recommendations for {recs['user'].nunique()} users to {args.out}")
+    else:
+        print(recs.to_csv(sep="\t", index=False, float_format="%.6g"), end="")
+    return 0
+
+
 def _common_overrides(args, rest) -> dict:
     common = _parse_overrides(rest)
     for key in ("data_dir", "cache_dir", "output_dir", "threads"):
@@ -198,6 +212,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--user", required=True, help="ORIGINAL user id")
     e.add_argument("--out", help="where to write the plot/data (default <run>/explain)")
     e.set_defaults(func=cmd_explain)
+
+    rc = sub.add_parser("recommend", help="top-K items for users from a trained run (original ids)",
+                        description="Score every item for the given users with a run's best model and print the "
+                                    "top K as TSV (user, rank, item, score, label). Items the user already "
+                                    "interacted with are left out (--exclude). Python API: "
+                                    "multikg4rec.recommend.recommend(run_dir, users, k).")
+    rc.add_argument("--run", required=True, help="run directory (runs/<dataset>/<model>/seed<S>-<hash>)")
+    rc.add_argument("--users", nargs="+", help="ORIGINAL user ids")
+    rc.add_argument("--all-users", action="store_true", help="every user of the run's dataset")
+    rc.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    rc.add_argument("--exclude", default="all", choices=["all", "train+valid", "train", "none"],
+                    help="known interactions left out: all (train+valid+test, default), train+valid (the test "
+                         "protocol: reproduces the run's topk.tsv), train, none")
+    rc.add_argument("--out", help="write a TSV file instead of printing")
+    rc.add_argument("--no-labels", action="store_true", help="no item title column")
+    rc.set_defaults(func=cmd_recommend)
 
     r = sub.add_parser("reproduce", help="the paper's tables/figure as resumable sweeps (results/<table>/)",
                        description="Run (or resume) every run a table needs, then write results/<table>/: runs.csv, "
