@@ -48,6 +48,7 @@ def test_reproduce_sweep_is_resumable_and_tabulates(data_dir, tmp_path, capsys):
     assert main(argv) == 0
     out = tmp_path / "res" / "table2"
     rows = list(csv.DictReader(open(out / "runs.csv")))
+    assert b"\r" not in (out / "runs.csv").read_bytes()     # the last column (run_dir) is a clean path
     assert sorted((r["model"], r["seed"]) for r in rows) == [("bprmf", "0"), ("bprmf", "1"),
                                                               ("lightgcn", "0"), ("lightgcn", "1")]
     md = (out / "table2.md").read_text()

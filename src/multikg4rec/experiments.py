@@ -290,7 +290,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     cols = ["label", "model", "dataset", "seed", *METRICS, "valid_ndcg@20", "best_epoch", "epochs_run",
             "seconds_per_epoch", "train_seconds_total", "peak_rss_mb", "encoder", "commit", "config_hash", "run_dir"]
     with open(path, "w", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")                # plain lines: shell tools see no trailing \r
         w.writerow(cols)
         for r in rows:
             m, j = r["metrics"], r["job"]
