@@ -36,11 +36,10 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("MULTIKG4REC_DATA", "../shared/data"))
     a = p.parse_args()
     over = {k: parse_value(v) for k, _, v in (s.partition("=") for s in a.set)}
-    data_dir = a.data_dir
-    cfg = load_config(a.model, a.dataset, None, over | {"data_dir": data_dir, "threads": a.threads})
+    cfg = load_config(a.model, a.dataset, None, over | {"data_dir": a.data_dir, "threads": a.threads})
     runtime.configure(cfg)                              # torch threads, malloc thresholds (as a run)
     seed_everything(cfg["seed"])
-    ds = load_dataset(a.dataset, cfg, data_dir=data_dir)
+    ds = load_dataset(a.dataset, cfg, data_dir=a.data_dir)
     model = build_model(cfg, ds)
     tr = Trainer(model, ds, cfg, Path(tempfile.mkdtemp()), quiet=True)
     batches = iter(tr.cf_sampler)

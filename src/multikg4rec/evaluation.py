@@ -265,27 +265,8 @@ class Evaluator:
 
         per: dict[str, list[torch.Tensor]] = {key: [] for key in self.keys}
         top_out: list[torch.Tensor] = []
-        for lo in range(0, len(eval_users), self.batch_size):
-            batch = eval_users[lo:lo + self.batch_size]
-            raw = score_fn(torch.from_numpy(batch).to(self.device))
-            scores = raw if torch.is_tensor(raw) else torch.as_tensor(raw)
-            if scores.shape != (len(batch), self.n_items):
-                raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, "
-                                 f"expected ({len(batch)}, {self.n_items})")
-            scores, owned = scores.detach(), False
-            if scores.dtype not in (torch.float32, torch.float64):
-                # half / bfloat16 widen exactly; integers go to float64 (exact below 2**53)
-                scores = scores.to(torch.float64 if not scores.is_floating_point() else torch.float32)
-                owned = True
-            if not scores.is_contiguous():
-                scores, owned = scores.contiguous(), True
-            if not owned:
-                scores = scores.clone()  # excluded items are masked in place: never in the caller's tensor
-            dev = scores.device
-            ex_flat = exc.flat(batch, dev) if exc is not None else None
-            top_idx, valid = _rank(scores, ex_flat, k_rank, batch)
-            del scores, raw
-
+        for batch, top_idx, valid, _ in self.ranked(score_fn, eval_users, k_rank, exc):
+            dev = top_idx.device
             # hits: look the top-max_k (row, item) pairs up in the batch's sorted target pairs
             t_flat = tgt.flat(batch, dev)
             q = top_idx[:, :max_k] + torch.arange(len(batch), device=dev)[:, None] * self.n_items
@@ -312,6 +293,33 @@ class Evaluator:
             result.topk = (torch.cat(top_out).numpy() if top_out else np.zeros((0, width), dtype=np.int64))
             result.topk_users = eval_users.copy()
         return result
+
+    def ranked(self, score_fn: Callable[[torch.Tensor], torch.Tensor], users: np.ndarray, k: int,
+               exclude: "_Rows | None" = None):
+        """Top-k of ``users`` (internal ids), ``batch_size`` users at a time: yields ``(batch, top_idx,
+        valid, top_scores)``, ``valid`` False where a slot holds an excluded item (fewer candidates than k),
+        ``top_scores`` the scores of ``top_idx``. ``exclude``: the items left out, as ``_Rows``."""
+        for lo in range(0, len(users), self.batch_size):
+            batch = users[lo:lo + self.batch_size]
+            raw = score_fn(torch.from_numpy(batch).to(self.device))
+            scores = raw if torch.is_tensor(raw) else torch.as_tensor(raw)
+            if scores.shape != (len(batch), self.n_items):
+                raise ValueError(f"score_fn returned shape {tuple(scores.shape)}, "
+                                 f"expected ({len(batch)}, {self.n_items})")
+            scores, owned = scores.detach(), False
+            if scores.dtype not in (torch.float32, torch.float64):
+                # half / bfloat16 widen exactly; integers go to float64 (exact below 2**53)
+                scores = scores.to(torch.float64 if not scores.is_floating_point() else torch.float32)
+                owned = True
+            if not scores.is_contiguous():
+                scores, owned = scores.contiguous(), True
+            if not owned:
+                scores = scores.clone()  # excluded items are masked in place: never in the caller's tensor
+            ex_flat = exclude.flat(batch, scores.device) if exclude is not None else None
+            top_idx, valid = _rank(scores, ex_flat, k, batch)
+            top_scores = scores.gather(1, top_idx)        # valid slots were not masked
+            del scores, raw
+            yield batch, top_idx, valid, top_scores
 
     def _per_user(self, hits, n_rel, disc, idcg, kidx, kval) -> dict[str, torch.Tensor]:
         """Per-user metrics at every K from a (B, max_k) 0/1 hit matrix (float64)."""

@@ -9,7 +9,7 @@ Python API::
     recs = recommend("runs/ml-100k/lightgcn/seed0-...", users=["1", "42"], k=10)   # a pandas DataFrame
 
 The run's best model (``best_model.pt``; else the last checkpoint) scores every item for each user with the
-model's own ``full_sort_predict``; the ranking is the evaluator's (:func:`multikg4rec.evaluation._rank`: ties
+model's own ``full_sort_predict``; the ranking is the evaluator's (:meth:`Evaluator.ranked`: ties
 to the lower item id, excluded items never returned). ``exclude`` says which of the user's known interactions
 are left out of the list:
 
@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from .errors import UserError
-from .evaluation import _rank, _Rows
+from .evaluation import Evaluator, _Rows
 
 EXCLUDE = {"all": ("train", "valid", "test"), "train+valid": ("train", "valid"), "train": ("train",),
            "none": ()}
@@ -50,11 +50,10 @@ def _user_rows(dataset, users: Iterable[str] | None) -> np.ndarray:
     return np.asarray([index[u] for u in users], dtype=np.int64)
 
 
-def _seen(dataset, exclude: str) -> sp.csr_matrix | None:
+def _seen(dataset, exclude: str) -> list[sp.csr_matrix]:
     if exclude not in EXCLUDE:
         raise UserError(f"exclude: {exclude!r} is not one of {', '.join(EXCLUDE)}")
-    parts = [dataset.csr(s) for s in EXCLUDE[exclude]]
-    return sum(parts[1:], parts[0]) if parts else None
+    return [dataset.csr(s) for s in EXCLUDE[exclude]]
 
 
 def item_labels(dataset, data_dir=None, width: int = 60) -> np.ndarray | None:
@@ -77,20 +76,19 @@ def rank_items(model, dataset, users: np.ndarray, k: int, exclude: str = "all", 
     """Top-k internal item ids and scores for internal user ids ``users``: ``(items, scores)``, both
     (len(users), k); a slot past the user's candidates (fewer than k unseen items) holds -1 / nan."""
     k = min(int(k), dataset.n_items)
-    seen = _seen(dataset, exclude)
-    rows = _Rows(seen) if seen is not None else None
+    ev = Evaluator(dataset.n_items, batch_size=batch_size)
+    seen = ev._exclude(_seen(dataset, exclude), dataset.n_users)
     model.eval()
     model.prepare_eval()
     items = np.full((len(users), k), -1, dtype=np.int64)
     scores = np.full((len(users), k), np.nan, dtype=np.float64)
-    for s in range(0, len(users), batch_size):
-        u = users[s:s + batch_size]
-        sc = model.full_sort_predict(torch.from_numpy(u)).clone()     # _rank masks it in place
-        ex = rows.flat(u, sc.device) if rows is not None else None
-        top, valid = _rank(sc, ex, k, u)                                  # excluded items: -inf, never valid
-        top_np, valid_np = top.cpu().numpy(), valid.cpu().numpy()
-        items[s:s + len(u)] = np.where(valid_np, top_np, -1)
-        scores[s:s + len(u)] = np.where(valid_np, sc.gather(1, top).double().cpu().numpy(), np.nan)
+    lo = 0
+    for batch, top, valid, top_scores in ev.ranked(model.full_sort_predict, users, k,
+                                                   _Rows(seen) if seen is not None else None):
+        valid = valid.cpu().numpy()
+        items[lo:lo + len(batch)] = np.where(valid, top.cpu().numpy(), -1)
+        scores[lo:lo + len(batch)] = np.where(valid, top_scores.double().cpu().numpy(), np.nan)
+        lo += len(batch)
     return items, scores
 
 
