@@ -63,6 +63,16 @@ def test_reproduce_sweep_is_resumable_and_tabulates(data_dir, tmp_path, capsys):
     # different seeds, different splits (the per-user test users differ in their relevant sets)
     r0, r1 = (json.loads(p.read_text()) for p in sorted(stamps)[:2])
     assert r0["seed"] != r1["seed"]
+    # a narrower call (one model, one seed) adds to the table, it does not replace it with its own subset
+    narrow = argv[:]
+    narrow[narrow.index("--seeds") + 1] = "1"
+    i = narrow.index("--models")
+    del narrow[i + 2]                                       # --models bprmf
+    assert main(narrow) == 0
+    again = list(csv.DictReader(open(out / "runs.csv")))
+    assert [(r["model"], r["seed"]) for r in again] == [("bprmf", "0"), ("lightgcn", "0"),
+                                                        ("bprmf", "1"), ("lightgcn", "1")]
+    assert "| lightgcn | 2 |" in (out / "table2.md").read_text()
 
 
 def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):

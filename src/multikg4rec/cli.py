@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "status"])
     r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
     r.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    r.add_argument("--models", nargs="+", help="table2 only: a subset of its models")
+    r.add_argument("--models", nargs="+", help="table2 only: a subset of its models (the table keeps the rows "
+                   "of earlier calls this one does not cover; delete results/<table>/runs.csv to start afresh)")
     r.add_argument("--results", default="results", help="output root (default ./results)")
     r.add_argument("--summarize", action="store_true", help="only tabulate finished runs, train nothing")
     r.add_argument("--plan", action="store_true",

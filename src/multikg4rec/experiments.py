@@ -7,6 +7,8 @@ from their checkpoint, and nothing finished is ever overwritten. Results go to
 ``results/<table>/``: ``runs.csv`` (one row per run), ``<table>.md`` (mean ± std
 over seeds, the paper's numbers beside ours, relative gaps, a paired Wilcoxon test
 of Multi-KG4Rec against the best baseline on per-user test NDCG@20) and PNG plots.
+A table accumulates: a call for a subset (one dataset, one model, fewer seeds) keeps
+the earlier rows of ``runs.csv`` it does not cover (``earlier_rows``).
 """
 from __future__ import annotations
 
@@ -541,9 +543,48 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     if not rows:
         raise UserError(f"no finished runs for {table} yet")
     archive_runs(rows, archive)
+    kept, datasets = earlier_rows(out / "runs.csv", rows)
+    rows = _in_table_order(table, kept + rows, datasets, common)
     write_csv(rows, out / "runs.csv")
     print(summarize(table, rows, out, command=command))
     return out
+
+
+def earlier_rows(csv_path: Path, rows: list[dict]) -> tuple[list[dict], list[str]]:
+    """Rows of the table's earlier ``runs.csv`` that this invocation did not cover (another dataset, seed or
+    model), so that ``reproduce table2 --datasets ml-1m --models lightgcn`` adds to the table instead of replacing
+    it with one model. A row whose run directory is gone is dropped, with a warning; delete ``runs.csv`` to start
+    a table afresh. Also returns the datasets in the earlier file's order (the table keeps it)."""
+    if not csv_path.is_file():
+        return [], []
+    have = {(r["job"].label, r["job"].dataset, r["job"].seed) for r in rows}
+    kept, gone, datasets = [], [], []
+    with open(csv_path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r["dataset"] not in datasets:
+                datasets.append(r["dataset"])
+            key = (r["label"], r["dataset"], int(r["seed"]))
+            if key in have:
+                continue
+            rd = Path(r["run_dir"])
+            if not (rd / "metrics.json").is_file():
+                gone.append(f"{r['label']}/{r['dataset']}/seed {r['seed']} ({rd})")
+                continue
+            kept.append({"job": Job(r["label"], r["model"], r["dataset"], int(r["seed"])), "run_dir": rd,
+                         "metrics": json.loads((rd / "metrics.json").read_text())})
+    if gone:
+        log.warning("%s: dropped %d earlier row(s) whose run directory is missing: %s",
+                    csv_path, len(gone), "; ".join(gone))
+    return kept, datasets
+
+
+def _in_table_order(table: str, rows: list[dict], datasets: list[str], common: dict) -> list[dict]:
+    """Rows sorted as the table lists its jobs (``datasets`` first, in that order, then any new ones; seed;
+    model/variant); unknown labels last."""
+    datasets = list(dict.fromkeys([*datasets, *(r["job"].dataset for r in rows)]))
+    seeds = sorted({r["job"].seed for r in rows})
+    order = {(j.label, j.dataset, j.seed): i for i, j in enumerate(table_jobs(table, datasets, seeds, common))}
+    return sorted(rows, key=lambda r: order.get((r["job"].label, r["job"].dataset, r["job"].seed), len(order)))
 
 
 def launch_background(argv: list[str], out: Path) -> int:
