@@ -232,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="the paper's tables/figure as resumable sweeps (results/<table>/)",
                        description="Run (or resume) every run a table needs, then write results/<table>/: runs.csv, "
                                    "<table>.md (mean ± std over seeds, the paper's numbers, gaps, Wilcoxon test) "
-                                   "and PNG plots. Finished runs are never redone; rows of earlier calls for other datasets, models or seeds stay in the table. `reproduce status` shows progress "
+                                   "and PNG plots. Finished runs are never redone; rows of earlier calls for other "
+                                   "datasets, models or seeds stay in the table. `reproduce status` shows progress "
                                    "of background sweeps. Extra --key value options apply to every run.")
     r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "status"])
     r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
