@@ -212,7 +212,9 @@ class Evaluator:
             raise ValueError(f"{what} has {m.shape[0]} user rows, target {n_users}")
         return m
 
-    def _exclude(self, exclude, n_users: int) -> sp.csr_matrix | None:
+    def exclusion(self, exclude, n_users: int) -> "_Rows | None":
+        """The items left out of each user's ranking: the union of ``exclude`` (a binary CSR or a list of
+        them, checked against ``n_users`` x ``n_items``) as the ``_Rows`` that :meth:`ranked` takes."""
         if exclude is None:
             return None
         if sp.issparse(exclude):
@@ -226,7 +228,7 @@ class Evaluator:
         total.sum_duplicates()
         total.eliminate_zeros()
         total.data[:] = 1
-        return total
+        return _Rows(total)
 
     # ---- main entry
     @torch.no_grad()
@@ -242,8 +244,7 @@ class Evaluator:
         target = self._check(target, "target", None)
         n_users = target.shape[0]
         tgt = _Rows(target)
-        exc = self._exclude(exclude, n_users)
-        exc = _Rows(exc) if exc is not None else None
+        exc = self.exclusion(exclude, n_users)
 
         eval_users = np.flatnonzero(tgt.counts > 0)
         if users is not None:
@@ -298,7 +299,7 @@ class Evaluator:
                exclude: "_Rows | None" = None):
         """Top-k of ``users`` (internal ids), ``batch_size`` users at a time: yields ``(batch, top_idx,
         valid, top_scores)``, ``valid`` False where a slot holds an excluded item (fewer candidates than k),
-        ``top_scores`` the scores of ``top_idx``. ``exclude``: the items left out, as ``_Rows``."""
+        ``top_scores`` the scores of ``top_idx``. ``exclude``: the items left out (:meth:`exclusion`)."""
         for lo in range(0, len(users), self.batch_size):
             batch = users[lo:lo + self.batch_size]
             raw = score_fn(torch.from_numpy(batch).to(self.device))

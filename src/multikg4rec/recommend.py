@@ -29,7 +29,7 @@ import scipy.sparse as sp
 import torch
 
 from .errors import UserError
-from .evaluation import Evaluator, _Rows
+from .evaluation import Evaluator
 
 EXCLUDE = {"all": ("train", "valid", "test"), "train+valid": ("train", "valid"), "train": ("train",),
            "none": ()}
@@ -77,14 +77,13 @@ def rank_items(model, dataset, users: np.ndarray, k: int, exclude: str = "all", 
     (len(users), k); a slot past the user's candidates (fewer than k unseen items) holds -1 / nan."""
     k = min(int(k), dataset.n_items)
     ev = Evaluator(dataset.n_items, batch_size=batch_size)
-    seen = ev._exclude(_seen(dataset, exclude), dataset.n_users)
+    seen = ev.exclusion(_seen(dataset, exclude), dataset.n_users)
     model.eval()
     model.prepare_eval()
     items = np.full((len(users), k), -1, dtype=np.int64)
     scores = np.full((len(users), k), np.nan, dtype=np.float64)
     lo = 0
-    for batch, top, valid, top_scores in ev.ranked(model.full_sort_predict, users, k,
-                                                   _Rows(seen) if seen is not None else None):
+    for batch, top, valid, top_scores in ev.ranked(model.full_sort_predict, users, k, seen):
         valid = valid.cpu().numpy()
         items[lo:lo + len(batch)] = np.where(valid, top.cpu().numpy(), -1)
         scores[lo:lo + len(batch)] = np.where(valid, top_scores.double().cpu().numpy(), np.nan)
