@@ -73,6 +73,15 @@ def test_reproduce_sweep_is_resumable_and_tabulates(data_dir, tmp_path, capsys):
     assert [(r["model"], r["seed"]) for r in again] == [("bprmf", "0"), ("lightgcn", "0"),
                                                         ("bprmf", "1"), ("lightgcn", "1")]
     assert "| lightgcn | 2 |" in (out / "table2.md").read_text()
+    # a table never hides what it lacks: asked-for runs that have not finished show as such
+    wider = argv[:]
+    wider[wider.index("--seeds") + 1] = "3"
+    wider.insert(wider.index("lightgcn") + 1, "spectralcf")
+    assert main(wider + ["--summarize"]) == 0
+    md = (out / "table2.md").read_text()
+    assert "| bprmf | 2 of 3 |" in md and "| spectralcf | 0 of 3 | not run yet |" in md
+    assert "Not finished yet: bprmf (2 of 3 seeds), lightgcn (2 of 3 seeds), spectralcf (0 of 3 seeds)." in md
+    assert len(list(csv.DictReader(open(out / "runs.csv")))) == 4    # nothing was trained by --summarize
 
 
 def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):

@@ -17,6 +17,10 @@ through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/sp
   mapping of run_recbole.py (e.g. ``--set patience=30`` -> ``stopping_step: 29``). The row is labelled with it.
 * ``--recbole-env KEY=VALUE`` sets an environment variable for RecBole's process only (e.g. the glibc malloc
   thresholds ours raises itself, ``multikg4rec.runtime``); the row is labelled with it.
+* ConvNCF starts from BPR-MF on both sides (the paper): ours from its BPR-MF run (``pretrain_path: auto``,
+  trained first when missing), RecBole's from RecBole's BPR trained on the same split with our BPR-MF config
+  mapped (``train_method: after_pretrain``); the row records that BPR run under ``recbole_pretrain``.
+  ``--set pretrain_path=null`` compares both from scratch (RecBole's default ``no_pretrain``).
 * ``--check-eval`` also scores RecBole's best model with OUR evaluator (bench/recbole/check_eval.py).
 * The table is ``bench/results/recbole_<dataset>.md``. Rows accumulate across invocations: the file embeds
   its rows as JSON (an HTML comment) and a new result replaces the row of the same (model, seed,
@@ -30,6 +34,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -65,12 +70,28 @@ def _ours_child(spec: dict) -> None:
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     else:
+        from multikg4rec.models import get_model_class
+        for pre in get_model_class(cfg["model"]).prerequisites(cfg):   # ConvNCF: its BPR-MF initialisation
+            run(pre, quiet=True)
         reused = (default_run_dir(cfg) / "metrics.json").is_file() and not spec.get("restart")
         res = run(cfg, quiet=True, restart=bool(spec.get("restart")))
         run_dir, metrics = res.run_dir, res.metrics
         if metrics:
             metrics["reused"] = reused
-    print(json.dumps({"run_dir": str(Path(run_dir).resolve()), "metrics": metrics}), flush=True)
+    out = {"run_dir": str(Path(run_dir).resolve()), "metrics": metrics}
+    if cfg["model"] == "convncf" and cfg.get("pretrain_path"):
+        from multikg4rec.models.convncf import bprmf_config    # the BPR-MF config ours starts from
+        pre = bprmf_config(cfg) if str(cfg["pretrain_path"]) == "auto" else load_yaml_file(cfg["pretrain_path"])
+        out["pretrain_config"] = pre
+    print(json.dumps(out, default=str), flush=True)
+
+
+def load_yaml_file(path) -> dict:
+    """The config.yaml of a BPR-MF run directory (or of the directory holding its best_model.pt)."""
+    import yaml
+    p = Path(path)
+    p = p / "config.yaml" if p.is_dir() else p.parent / "config.yaml"
+    return yaml.safe_load(p.read_text(encoding="utf-8"))
 
 
 def run_ours(model: str, dataset: str, seed: int, args) -> dict:
@@ -92,14 +113,18 @@ def run_ours(model: str, dataset: str, seed: int, args) -> dict:
     return out
 
 
-def run_recbole(recbole_model: str, run_dir: str, seed: int, args) -> dict:
+def run_recbole(recbole_model: str, run_dir: str, seed: int, args, extra: tuple[str, ...] = (),
+                pretrain: bool = False) -> dict:
+    """RecBole's ``recbole_model`` on ``run_dir``'s split. ``pretrain``: the BPR-MF pretraining of a ConvNCF
+    pair (``extra`` holds its ``--config``; no epoch cap, no score dump, work folder kept for the checkpoint)."""
     cmd = [str(args.recbole_python), str(HERE / "run_recbole.py"), "--run-dir", run_dir, "--model", recbole_model,
            "--seed", str(seed), "--threads", str(args.threads or 1), "--out", str(ROOT / "bench" / "out" / "recbole")]
-    if args.epochs:
+    if args.epochs and not pretrain:
         cmd += ["--epochs", str(args.epochs)]
-    if args.check_eval:
+    if args.check_eval and not pretrain:
         cmd += ["--dump-scores", str(ROOT / "bench" / "out" / "recbole" / f"scores_{recbole_model}_{Path(run_dir).name}.npz")]
-    for kv in args.recbole_set:
+    cmd += list(extra)
+    for kv in ([] if pretrain else args.recbole_set):
         cmd += ["--set", kv]
     env = dict(os.environ, TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1")
     env.update(kv.split("=", 1) for kv in args.recbole_env)
@@ -108,6 +133,23 @@ def run_recbole(recbole_model: str, run_dir: str, seed: int, args) -> dict:
     if p.returncode != 0:
         raise SystemExit(f"compare: RecBole {recbole_model} failed (exit {p.returncode})")
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def recbole_pretrain(o: dict, seed: int, args) -> tuple[dict, tuple[str, ...]]:
+    """ConvNCF starts from BPR-MF (the paper; ours: ``pretrain_path``). Train RecBole's BPR on the SAME split
+    with OUR BPR-MF config mapped (as the BPR rows), keep its checkpoint, and return the extra run_recbole.py
+    arguments that start RecBole's ConvNCF from it (``train_method: after_pretrain``)."""
+    import yaml
+    out_dir = ROOT / "bench" / "out" / "recbole"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg_file = out_dir / f"pretrain_bprmf_{Path(o['run_dir']).name}.yaml"
+    cfg_file.write_text(yaml.safe_dump(o["pretrain_config"], sort_keys=True), encoding="utf-8")
+    print(f"compare: RecBole BPR on the same split first (ConvNCF's initialisation, config {cfg_file})",
+          file=sys.stderr, flush=True)
+    b_pre = run_recbole("BPR", o["run_dir"], seed, args, extra=("--config", str(cfg_file), "--keep"), pretrain=True)
+    if not b_pre.get("saved_model_file") or not Path(b_pre["saved_model_file"]).is_file():
+        raise SystemExit("compare: RecBole BPR pretraining left no checkpoint")
+    return b_pre, ("--set", "train_method=after_pretrain", "--set", f"pre_model_path={b_pre['saved_model_file']}")
 
 
 def check_eval(recbole_model: str, run_dir: str, seed: int, dataset: str) -> float | None:
@@ -180,7 +222,7 @@ def render(dataset: str, rows: list[dict]) -> str:
            "| model (ours / RecBole) | variant | seed | framework | Recall@20 | MRR@20 | NDCG@20 | best / run epochs "
            "| s/epoch | RecBole s/epoch ÷ ours | peak RSS MB |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    checks, reused = [], []
+    checks, reused, pretrained = [], [], []
     for r in rows:
         o, b = r.get("ours_result"), r.get("recbole_result")
         name = f"{r['ours']} / {r['recbole']}"
@@ -202,6 +244,10 @@ def render(dataset: str, rows: list[dict]) -> str:
             out.append(f"{lead} | RecBole | " + " | ".join(_f(b["test"].get(m)) for m in METRICS)
                        + f" | {b['best_epoch']} / {b['epochs_run']} | {_f(b['seconds_per_epoch'], 3)} | "
                        f"{_f(ratio, 2)}{'x' if ratio else ''} | {_f(b['peak_rss_mb'], 0)} |")
+        if r.get("recbole_pretrain"):
+            bp = r["recbole_pretrain"]
+            pretrained.append(f"{name} ({var}, seed {r['seed']}): RecBole BPR test NDCG@20 "
+                              f"{_f(bp['test'].get('ndcg@20'))}, best epoch {bp['best_epoch']} of {bp['epochs_run']}")
         if r.get("eval_agreement") is not None:
             checks.append(f"{name} ({var}, seed {r['seed']}): max |diff| {r['eval_agreement']:.1e}")
     groups: dict = {}
@@ -229,6 +275,11 @@ def render(dataset: str, rows: list[dict]) -> str:
     if reused:
         out += ["", "† ours read from a run that had already finished, not re-timed beside RecBole (`--restart-ours` "
                 "retrains it): " + "; ".join(reused) + "."]
+    if pretrained:
+        out += ["", "ConvNCF from BPR-MF on both sides (the paper's initialisation): ours from our BPR-MF run of the "
+                "same split, RecBole's (`train_method: after_pretrain`) from RecBole's BPR trained first on the same "
+                "split with our BPR-MF config: " + "; ".join(pretrained) + ". Seconds per epoch exclude the "
+                "pretraining on both sides."]
     if checks:
         out += ["", "Evaluator cross-check (`--check-eval`: OUR evaluator on RecBole's best-model score matrix vs "
                 "RecBole's reported test Recall/MRR/NDCG@20): " + "; ".join(checks) + "."]
@@ -311,11 +362,19 @@ def main(argv=None) -> None:
         for seed in seeds:
             print(f"compare: {args.dataset} {ours} vs RecBole {rb}, seed {seed}", file=sys.stderr, flush=True)
             o = run_ours(ours, args.dataset, seed, args)
-            b = run_recbole(rb, o["run_dir"], seed, args)
+            b_pre, extra = None, ()
+            if rb == "ConvNCF" and o.get("pretrain_config"):
+                b_pre, extra = recbole_pretrain(o, seed, args)
+            try:
+                b = run_recbole(rb, o["run_dir"], seed, args, extra=extra)
+            finally:
+                if b_pre and b_pre.get("work_dir"):
+                    shutil.rmtree(b_pre["work_dir"], ignore_errors=True)
             agree = check_eval(rb, o["run_dir"], seed, args.dataset) if args.check_eval else None
             row = {"ours": ours, "recbole": rb, "seed": seed, "epochs_cap": args.epochs, "variant": variant,
                    "eval_agreement": agree,
                    "ours_result": _slim(o["metrics"]), "recbole_result": _slim(b), "run_dir": o["run_dir"],
+                   **({"recbole_pretrain": _slim(b_pre)} if b_pre else {}),
                    "command": command, "date": utc_date(), "machine": machine()}
             md.parent.mkdir(parents=True, exist_ok=True)
             with open(md.with_suffix(".lock"), "a") as lock:   # two compare.py calls side by side: re-read the

@@ -126,7 +126,9 @@ PER_MODEL = {
              "neighbor_sample_size": "neighbor_sample_size"},
     # ConvNCF: the CNN shape is mapped in DERIVED; RecBole's reg_weights multiply plain (unsquared) norms of
     # the WHOLE embedding tables and CNN weights, ours squared norms of the batch: no value corresponds, so
-    # RecBole's default reg_weights are kept. RecBole trains from scratch (train_method: no_pretrain).
+    # RecBole's default reg_weights are kept. RecBole's default trains from scratch (train_method: no_pretrain);
+    # compare.py pretrains RecBole's BPR on the same split first and passes train_method: after_pretrain and
+    # pre_model_path when our run starts from BPR-MF (pretrain_path), as the paper does.
     "ConvNCF": {"dropout": "dropout_prob", "dropout_prob": "dropout_prob"},
 }
 # derived RecBole keys that need several of our keys: model -> function(our cfg) -> dict
@@ -258,6 +260,8 @@ def peak_rss_mb() -> float:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run-dir", required=True, help="one of OUR run directories (holds split/ and config.yaml)")
+    ap.add_argument("--config", default=None, help="OUR resolved config to map (default <run-dir>/config.yaml); "
+                    "e.g. a BPR-MF config on a ConvNCF run's split, to pretrain RecBole's ConvNCF")
     ap.add_argument("--model", required=True, help="RecBole model name: BPR, LightGCN, KGAT, CKE, KGCN, ...")
     ap.add_argument("--epochs", type=int, default=None, help="cap on epochs (default: our config's epochs)")
     ap.add_argument("--seed", type=int, default=None, help="default: our config's seed")
@@ -268,13 +272,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--dump-scores", default=None, metavar="NPZ",
                     help="also save the best model's full score matrix (original user/item ids) for "
                          "bench/recbole/check_eval.py (our evaluator on RecBole's scores)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary RecBole work folder")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary RecBole work folder (its best "
+                    "checkpoint's path is then in the JSON as saved_model_file)")
     ap.add_argument("--verbose", action="store_true", help="RecBole's INFO log on stderr")
     args = ap.parse_args(argv)
 
     import yaml
     run_dir = Path(args.run_dir).resolve()
-    ours = load_yaml(run_dir / "config.yaml")
+    ours = load_yaml(Path(args.config).resolve() if args.config else run_dir / "config.yaml")
     dataset = ours["dataset"]
     model = args.model
     seed = int(args.seed if args.seed is not None else ours.get("seed", 2020))
@@ -376,6 +381,8 @@ def main(argv=None) -> dict:
         "threads": torch.get_num_threads(), "torch": torch.__version__,
         "recbole": __import__("recbole").__version__,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "saved_model_file": str(Path(trainer.saved_model_file).resolve()) if args.keep else None,
+        "work_dir": str(work) if args.keep else None,
     }
     line = json.dumps(result, default=str)
     stem = f"recbole_{model}_{dataset}_seed{seed}"

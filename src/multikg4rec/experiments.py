@@ -357,34 +357,47 @@ def compare_runs(a_dirs: list[Path], b_dirs: list[Path], metric: str = "ndcg@20"
 
 
 def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multikg4rec",
-              command: str | None = None) -> str:
-    """Markdown: mean ± std over seeds, paper numbers, relative gaps, significance; plus plots."""
+              command: str | None = None, planned: list[Job] | None = None) -> str:
+    """Markdown: mean ± std over seeds, paper numbers, relative gaps, significance; plus plots.
+    ``planned``: the jobs the call asked for; a model with fewer finished seeds shows "k of n", one
+    with none a "not run yet" row, so a table never hides what is missing."""
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"# {table}", "",
              f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `{command or 'multikg4rec reproduce ' + table}` "
              f"from {len(rows)} finished runs (`runs.csv`). Test metrics at K = 20 of the epoch chosen on valid "
              f"NDCG@20; mean ± std over seeds (one value when one seed has finished). Paper = the paper's MovieLens (ML) or Amazon-Books (AB) column; "
              f"gap = (ours - paper) / paper. Our KGs and features differ from the paper's (docs/results.md).", ""]
-    datasets = sorted({r["job"].dataset for r in rows})
+    planned = planned or []
+    datasets = sorted({r["job"].dataset for r in rows} | {j.dataset for j in planned})
     for d in datasets:
         drows = [r for r in rows if r["job"].dataset == d]
-        labels = list(dict.fromkeys(r["job"].label for r in drows))
+        n_plan: dict[str, int] = {}
+        for j in planned:
+            if j.dataset == d:
+                n_plan[j.label] = n_plan.get(j.label, 0) + 1
+        labels = list(dict.fromkeys([r["job"].label for r in drows] + list(n_plan)))
         paper = PAPER.get(table, {}).get(PAPER_DATASET.get(d, ""), {})
         lines += [f"## {d}", "", "| model | seeds | Recall@20 | MRR@20 | NDCG@20 | paper R / M / N | gap NDCG | s/epoch | epochs |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        means = {}
+        means, pending = {}, []
         for lab in labels:
             rs = [r for r in drows if r["job"].label == lab]
+            p = paper.get(lab)
+            ptxt = " / ".join(f"{x:.4f}" for x in p) if p else "–"
+            if len(rs) < n_plan.get(lab, 0):
+                pending.append(f"{lab} ({len(rs)} of {n_plan[lab]} seeds)")
+            if not rs:
+                lines.append(f"| {lab} | 0 of {n_plan[lab]} | not run yet | | | {ptxt} | – | | |")
+                continue
+            seeds = f"{len(rs)} of {n_plan[lab]}" if len(rs) < n_plan.get(lab, 0) else f"{len(rs)}"
             vals = np.array([[r["metrics"]["test"][k] for k in METRICS] for r in rs])
             mu, sd = vals.mean(0), vals.std(0, ddof=1) if len(rs) > 1 else np.zeros(3)
             means[lab] = (mu, sd, rs)
-            p = paper.get(lab)
-            ptxt = " / ".join(f"{x:.4f}" for x in p) if p else "–"
             gap = f"{(mu[2] - p[2]) / p[2] * 100:+.1f}%" if p else "–"
             spe = np.mean([r["metrics"]["seconds_per_epoch"] or 0 for r in rs])
             ep = np.mean([r["metrics"]["epochs_run"] for r in rs])
             cell = (lambda m, s: f"{m:.4f} ± {s:.4f}") if len(rs) > 1 else (lambda m, s: f"{m:.4f}")
-            lines.append(f"| {lab} | {len(rs)} | " + " | ".join(cell(m, s) for m, s in zip(mu, sd))
+            lines.append(f"| {lab} | {seeds} | " + " | ".join(cell(m, s) for m, s in zip(mu, sd))
                          + f" | {ptxt} | {gap} | {spe:.1f} | {ep:.0f} |")
         ours_label = "multikg4rec" if table == "table2" else "Multi-KG4Rec"
         if ours_label in means and len(means) > 1:
@@ -395,8 +408,12 @@ def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multik
                 lines += ["", f"Paired Wilcoxon signed-rank test, per-user test NDCG@20 over (seed, user) pairs: "
                               f"{ours_label} vs {best} (best other by mean NDCG@20): mean difference "
                               f"{t['mean_diff']:+.4f}, n = {t['n_pairs']}, p = {t['p_value']:.3g}."]
+        if pending:
+            lines += ["", "Not finished yet: " + ", ".join(pending) + ". The same `reproduce` command resumes them "
+                      "(finished runs are skipped, interrupted ones continue from their last epoch)."]
         lines.append("")
-        _bar_plot(means, d, out_dir / f"{table}_{d}.png", f"{table} on {d}")
+        if means:
+            _bar_plot(means, d, out_dir / f"{table}_{d}.png", f"{table} on {d}")
     text = "\n".join(lines) + "\n"
     (out_dir / f"{table}.md").write_text(text)
     return text
@@ -546,7 +563,7 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     kept, datasets = earlier_rows(out / "runs.csv", rows)
     rows = _in_table_order(table, kept + rows, datasets, common)
     write_csv(rows, out / "runs.csv")
-    print(summarize(table, rows, out, command=command))
+    print(summarize(table, rows, out, command=command, planned=jobs))
     return out
 
 
