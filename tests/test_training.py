@@ -73,7 +73,7 @@ def test_config_hash_ignores_new_options_at_their_neutral_value(monkeypatch):
     from multikg4rec import config as C
     cfg = load_config("bprmf", "ml-100k", None, {"seed": 3})
     before = C.config_hash(cfg)
-    monkeypatch.setattr(C, "NEUTRAL_VALUES", {"new_option": None})
+    monkeypatch.setattr(C, "NEUTRAL_VALUES", C.NEUTRAL_VALUES | {"new_option": None})
     assert C.config_hash(cfg | {"new_option": None}) == before
     assert C.config_hash(cfg | {"new_option": 0.5}) != before
     assert C.config_hash(cfg | {"seed": 4}) != before

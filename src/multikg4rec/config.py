@@ -28,7 +28,7 @@ CONFIG_ROOT = resources.files("multikg4rec") / "configs"
 NON_SEMANTIC_KEYS = {"threads", "tune_allocator", "output_dir", "data_dir", "cache_dir", "eval_batch_size", "quiet"}
 #: options added after runs were archived, with the value that reproduces the behaviour before them:
 #: left out of the hash at that value, so adding an option does not rename (and orphan) finished runs
-NEUTRAL_VALUES: dict[str, object] = {"kg_loss_triples": "ckg"}
+NEUTRAL_VALUES: dict[str, object] = {"kg_loss_triples": "ckg", "device": "cpu"}
 
 
 def _read_yaml(path) -> dict:
@@ -89,7 +89,30 @@ def load_config(model: str, dataset: str, config_file: str | None = None,
         raise UserError(f"unknown option(s) for model {model!r}: {', '.join(hints)}")
     cfg.update(user)
     cfg["model"], cfg["dataset"] = model, dataset
+    cfg["device"] = resolve_device(cfg.get("device"))
     return cfg
+
+
+def resolve_device(device) -> str:
+    """``device`` of a config as a torch device string: ``auto`` -> ``cuda`` when torch sees a GPU, else
+    ``cpu``; a device torch cannot use is a one-line error (before any run directory is made)."""
+    import torch
+    name = "cpu" if device in (None, "") else str(device).strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:N or auto)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device: {name}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu "
+                            f"(a CUDA build of torch==2.13.0 and a GPU are needed for cuda)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device: {name}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type != "cpu":
+        raise UserError(f"device: {name}: only cpu and cuda are supported")
+    return name
 
 
 def config_hash(cfg: dict) -> str:

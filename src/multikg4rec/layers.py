@@ -288,12 +288,22 @@ class SparseAdjacency:
         return torch.zeros(self.shape[0], dtype=self.values.dtype, device=self.values.device).index_add(
             0, self.row, self.values)
 
-    def to(self, device) -> "SparseAdjacency":
-        out = SparseAdjacency(self.row.to(device), self.col.to(device), self.values.to(device), self.shape,
-                              crow=self.crow.to(device), perm=None if self.perm is None else self.perm.to(device))
+    def map_tensors(self, fn) -> "SparseAdjacency":
+        """A copy with ``fn`` applied to every tensor it holds (what ``nn.Module._apply`` does to a module's
+        tensors: ``model.to(device)`` moves a model's adjacencies through it); the value caches start empty."""
+        out = SparseAdjacency(fn(self.row), fn(self.col), fn(self.values), self.shape, crow=fn(self.crow),
+                              perm=None if self.perm is None else fn(self.perm))
         if self._t_cache is not None:
-            out._t_cache = tuple(t.to(device) for t in self._t_cache)
+            out._t_cache = tuple(fn(t) for t in self._t_cache)
         return out
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the structure holds (not the value caches), e.g. to check where it lives."""
+        return [self.row, self.col, self.values, self.crow] + ([self.perm] if self.perm is not None else []) \
+            + list(self._t_cache or ())
+
+    def to(self, device) -> "SparseAdjacency":
+        return self.map_tensors(lambda t: t.to(device))
 
 
 class _SpMM(torch.autograd.Function):
@@ -383,9 +393,7 @@ class KnowledgeAwareAttention(nn.Module):
 
     def _apply(self, fn, *args, **kwargs):
         out = super()._apply(fn, *args, **kwargs)
-        dev = self.relation.device
-        if self.structure.row.device != dev:
-            self.structure = self.structure.to(dev)
+        self.structure = self.structure.map_tensors(fn)        # model.to(device) moves the graph too
         return out
 
     def scores(self, x: torch.Tensor, transr: TransR) -> torch.Tensor:

@@ -118,6 +118,21 @@ class Recommender(nn.Module):
             self._eval_cache = None
         return super().train(mode)
 
+    def _apply(self, fn, recurse: bool = True):
+        """``model.to(device)`` (and ``.double()`` ...) also reach the tensors the model holds outside
+        parameters and buffers: plain tensor attributes, and objects with a ``map_tensors(fn)`` method
+        (graph structures: ``layers.SparseAdjacency``, MKGAT's ``Graph``). Submodules that hold such
+        objects do the same in their own ``_apply`` (``layers.KnowledgeAwareAttention``). Cached evaluation
+        embeddings are dropped (tests/test_device.py checks that every reachable tensor is moved)."""
+        super()._apply(fn, recurse)
+        for key, value in list(vars(self).items()):
+            if hasattr(value, "map_tensors"):
+                object.__setattr__(self, key, value.map_tensors(fn))
+            elif isinstance(value, torch.Tensor):
+                object.__setattr__(self, key, fn(value))
+        self._eval_cache = None
+        return self
+
     @staticmethod
     def batch_rows(u_all: torch.Tensor, i_all: torch.Tensor, batch: dict) -> tuple[torch.Tensor, ...]:
         """Rows of the batch's users, positive and negative items. ``index_select``: its

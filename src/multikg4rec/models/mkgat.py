@@ -104,6 +104,14 @@ class Graph:
         self.has_edge = torch.bincount(self.head, minlength=n_nodes) > 0
         self.n_nodes = n_nodes
 
+    def map_tensors(self, fn) -> "Graph":
+        """A copy with ``fn`` applied to its tensors (``model.to(device)`` moves the graph through it)."""
+        g = object.__new__(Graph)
+        g.adj = self.adj.map_tensors(fn)
+        g.head, g.tail = g.adj.row, g.adj.col
+        g.relation, g.has_edge, g.n_nodes = fn(self.relation), fn(self.has_edge), self.n_nodes
+        return g
+
 
 class _AttentionSpMM(torch.autograd.Function):
     """``P C`` with P = ``adj`` carrying the attention values (E,), differentiable in both.
