@@ -303,7 +303,7 @@ class MKGAT(Recommender):
 
     # ---- knowledge-graph embedding module
     def kg_train_triples(self):
-        return self.mkg_triples.numpy(), self.n_mkg
+        return self.mkg_triples.cpu().numpy(), self.n_mkg
 
     def calculate_kg_loss(self, batch):
         x = self.ego()[: self.n_mkg]
