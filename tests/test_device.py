@@ -150,3 +150,8 @@ def test_device_option():
     assert config_hash(cfg) == config_hash({k: v for k, v in cfg.items() if k != "device"})
     assert config_hash(cfg | {"device": "cuda"}) != config_hash(cfg)
     assert get_model_class("bprmf")
+
+
+def test_every_registered_model_is_checked():
+    from multikg4rec.models import MODELS
+    assert set(SMALL) == set(MODELS), "add the new model to SMALL: its tensors must move with model.to(device)"
