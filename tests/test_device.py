@@ -83,9 +83,20 @@ def test_to_device_reaches_every_tensor_and_keeps_the_loss(ml100k_small, name):
     keep = [t.detach() for _, t in before]     # the old storages stay alive (a Parameter's .data is swapped
                                                # in place), so no clone can reuse their addresses
     ptrs = {t.data_ptr(): p for p, t in before}
-    model._apply(lambda t: t.clone())
+    calls: dict[int, int] = {}
+
+    def clone(t):
+        if t.numel():
+            calls[t.data_ptr()] = calls.get(t.data_ptr(), 0) + 1
+        return t.clone()
+
+    model._apply(clone)
     left = [p for p, t in _tensors(model) if t.data_ptr() in ptrs]
     assert not left, f"{name}: tensors not reached by model.to(): {left[:5]}"
+    # a tensor held in two places and copied twice would become two tensors on the GPU (an in-place
+    # update through one, e.g. an attention refresh, would not reach the other)
+    twice = [ptrs.get(k, k) for k, n in calls.items() if n > 1]
+    assert not twice, f"{name}: tensors copied more than once by model.to(): {twice[:5]}"
     after_loss = _one_step(model, ml100k_small, cfg)
     torch.testing.assert_close(after_loss, before_loss)
     assert len(keep) > 0
