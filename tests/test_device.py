@@ -102,9 +102,9 @@ def test_to_device_reaches_every_tensor_and_keeps_the_loss(ml100k_small, name):
     assert len(keep) > 0
 
 
-@pytest.mark.parametrize("name", ["kgat", "convncf", "multikg4rec"])
+@pytest.mark.parametrize("name", sorted(SMALL))
 def test_moved_model_ranks_the_same(ml100k_small, name):
-    """The evaluation path (prepare_eval + full_sort_predict) of a moved model scores as before."""
+    """The evaluation path (prepare_eval + full_sort_predict) of every moved model scores as before."""
     cfg = load_config(name, "ml-100k", None, {"seed": 7} | SMALL[name])
     model = build_model(cfg, ml100k_small).eval()
     users = torch.arange(0, ml100k_small.n_users, 7)
