@@ -152,9 +152,13 @@ def test_same_seed_same_metrics_and_resume(ml100k_small, tmp_path):
     (b_dir / "metrics.json").unlink()  # as if stopped before finishing
     ckpt = torch.load(b_dir / "checkpoint.pt", weights_only=False)
     ckpt["config_hash"] = __import__("multikg4rec.config", fromlist=["x"]).config_hash(b_cfg)
+    ckpt["commits"] = ["0000000"]                    # the first segment ran other code
     torch.save(ckpt, b_dir / "checkpoint.pt")
     b = run(b_cfg, run_dir=b_dir, dataset=ml100k_small, quiet=True)
     assert b.metrics["epochs_run"] == 3
+    # provenance: the code of each segment, the last one as "commit" (the code this process ran, not a later HEAD)
+    assert b.metrics["commits"][0] == "0000000" and b.metrics["commit"] == b.metrics["commits"][-1]
+    assert a.metrics["commits"] == [a.metrics["commit"]]
     assert a.metrics["test"] == pytest.approx(b.metrics["test"], abs=1e-6)
     # a finished run is returned, not redone
     again = run(b_cfg, run_dir=b_dir, dataset=ml100k_small, quiet=True)

@@ -126,6 +126,8 @@ class Trainer:
         self.model, self.dataset, self.config, self.run_dir, self.quiet = model, dataset, config, run_dir, quiet
         # device (config ``device``): the model with every graph it holds moves there (Recommender._apply);
         # batches are moved per step; model code runs under torch's default-device context there
+        # the code this process runs (HEAD can move while a long run trains); a resumed run lists each segment's
+        self.commits: list[str | None] = [_git_commit()]
         self.device = torch.device(config.get("device") or "cpu")
         model.to(self.device)
         if self.device.type == "cuda":
@@ -163,7 +165,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
             "train_seconds": self.train_seconds, "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.config),
+            "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.config), "commits": self.commits,
             **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
         }, self.ckpt_path)
 
@@ -183,6 +185,8 @@ class Trainer:
         self.bad_evals, self.train_seconds = state["bad_evals"], state["train_seconds"]
         self.rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        earlier = state.get("commits") or [None]                    # None: a checkpoint from before this field
+        self.commits = earlier + [c for c in self.commits if c != earlier[-1]]
         if self.device.type == "cuda" and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         return True
@@ -316,7 +320,7 @@ class Trainer:
             "n_params": int(sum(p.numel() for p in self.model.parameters())),
             "n_test_users": test.n_users, "config_hash": config_hash(self.config),
             "encoder": self.config.get("encoder") if getattr(self.model, "uses_features", False) else None,
-            "commit": _git_commit(), "version": __version__, "torch": torch.__version__,
+            "commit": self.commits[-1], "commits": self.commits, "version": __version__, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
