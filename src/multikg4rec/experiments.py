@@ -384,12 +384,12 @@ def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multik
             rs = [r for r in drows if r["job"].label == lab]
             p = paper.get(lab)
             ptxt = " / ".join(f"{x:.4f}" for x in p) if p else "–"
-            if len(rs) < n_plan.get(lab, 0):
-                pending.append(f"{lab} ({len(rs)} of {n_plan[lab]} seeds)")
-            if not rs:
-                lines.append(f"| {lab} | 0 of {n_plan[lab]} | not run yet | | | {ptxt} | – | | |")
-                continue
             seeds = f"{len(rs)} of {n_plan[lab]}" if len(rs) < n_plan.get(lab, 0) else f"{len(rs)}"
+            if len(rs) < n_plan.get(lab, 0):
+                pending.append(f"{lab} ({seeds} seeds)")
+            if not rs:
+                lines.append(f"| {lab} | {seeds} | not run yet | | | {ptxt} | – | | |")
+                continue
             vals = np.array([[r["metrics"]["test"][k] for k in METRICS] for r in rs])
             mu, sd = vals.mean(0), vals.std(0, ddof=1) if len(rs) > 1 else np.zeros(3)
             means[lab] = (mu, sd, rs)

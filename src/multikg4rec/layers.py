@@ -302,9 +302,6 @@ class SparseAdjacency:
         return [self.row, self.col, self.values, self.crow] + ([self.perm] if self.perm is not None else []) \
             + list(self._t_cache or ())
 
-    def to(self, device) -> "SparseAdjacency":
-        return self.map_tensors(lambda t: t.to(device))
-
 
 class _SpMM(torch.autograd.Function):
     """out = A x with A in CSR; backward: dx = A^T dout (cached CSR transpose),
