@@ -139,7 +139,9 @@ def test_tables_survive_without_the_run_directories(data_dir, tmp_path):
     kept = list((tmp_path / "res" / "runs").rglob("metrics.json"))
     assert len(kept) == 1
     assert {p.name for p in kept[0].parent.iterdir()} == {"metrics.json", "config.yaml", "per_user_test.npz", "log.jsonl"}
-    before = (tmp_path / "res" / "table2" / "runs.csv").read_text().splitlines()[1].split(",")[:7]
+    before = (tmp_path / "res" / "table2" / "runs.csv").read_text().splitlines()[1].split(",")
+    assert before[-1] == str(kept[0].parent)              # runs.csv names the archive copy, not runs/ of this machine
+    before = before[:7]
     shutil.rmtree(tmp_path / "runs")                      # a fresh machine: no run directories
     assert main(argv) == 0                                # the sweep finds the archived run ...
     assert not (tmp_path / "runs").exists()               # ... and trains nothing

@@ -144,17 +144,19 @@ def _differs(local: Path, kept: Path, kept_metrics: dict) -> str | None:
 
 
 def archive_runs(rows: list[dict], archive: Path) -> None:
-    """Copy the small files of each finished run into the archive (never overwriting a finished copy)."""
+    """Copy the small files of each finished run into the archive (never overwriting a finished copy), and
+    point each row at its archive copy: ``runs.csv`` must name the committed record, not a run directory that
+    only this machine has (a fresh checkout would drop such a row from the table)."""
     import shutil
     for r in rows:
         src = Path(r["run_dir"])
         dst = Path(archive).joinpath(*src.parts[-3:])
-        if src == dst or (dst / "metrics.json").is_file():
-            continue
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ARCHIVE_FILES[::-1]:                  # metrics.json last: it marks the copy complete
-            if (src / name).is_file():
-                shutil.copy2(src / name, dst / name)
+        if src != dst and not (dst / "metrics.json").is_file():
+            dst.mkdir(parents=True, exist_ok=True)
+            for name in ARCHIVE_FILES[::-1]:              # metrics.json last: it marks the copy complete
+                if (src / name).is_file():
+                    shutil.copy2(src / name, dst / name)
+        r["run_dir"] = dst
 
 
 def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file: Path | None = None,
