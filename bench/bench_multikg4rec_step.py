@@ -3,9 +3,10 @@ one KGAT-sized propagation measured in the same process.
 
     python bench/bench_multikg4rec_step.py --dataset ml-1m --write bench/results/kg_epoch.md
 
-Parts: the §2 modal tables (projection of every content row), the §3 fusion of ``fusion_items``
+Parts: the §2 modal tables (as the model computes them, and as it did before 2026-12-01: the
+projection of every user's mean feature), the §3 fusion of ``fusion_items``
 items, ONE §4 propagation (KGAT's whole propagation costs about this), and the full CF step
-(``calculate_loss`` + backward). Each part is timed ``--repeat`` times after one warm-up call;
+(``calculate_loss`` + backward), and one KG step (``calculate_kg_loss`` + backward). Each part is timed ``--repeat`` times after one warm-up call;
 the median is reported.
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from multikg4rec.config import load_config
     from multikg4rec.data import load_dataset
-    from multikg4rec.sampling import BPRSampler
+    from multikg4rec.sampling import BPRSampler, KGSampler
     from multikg4rec.training import build_model, seed_everything
 
     cfg = load_config("multikg4rec", a.dataset, None, {"data_dir": a.data_dir})
@@ -55,6 +56,21 @@ def main() -> None:
     def tables():
         sum(v.sum() for v in m.pre_tables().values()).backward()
 
+    def tables_every_row():     # the same tables as the code before 2026-12-01: every user's mean feature projected
+        from torch.nn import functional as F
+        out = 0.0
+        for t in m.modalities:
+            tab = m.id_emb[t].weight * getattr(m, f"idw_{t}")
+            out = out + tab.index_add(0, getattr(m, f"cidx_{t}"), F.leaky_relu(m.proj[t](getattr(m, f"raw_{t}")),
+                                                                                0.2)).sum()
+        out.backward()
+
+    kg_batch = next(iter(KGSampler(torch.stack([ds.ckg().head, ds.ckg().relation, ds.ckg().tail], 1).numpy(),
+                                   ds.ckg().n_nodes, cfg["kg_batch_size"], np.random.default_rng(0))))
+
+    def kg_step():
+        m.calculate_kg_loss(kg_batch).backward()
+
     pre = {k: v.detach() for k, v in m.pre_tables().items()}
     k = m.fusion_items or len(items)
 
@@ -72,11 +88,15 @@ def main() -> None:
         m.calculate_loss(batch).backward()
 
     load0 = os.getloadavg()[0]
-    rows = [("§2 modal tables (all content rows), fwd+bwd", timed(tables)),
+    rows = [("§2 modal tables (items projected, users = mean of their items' projected rows), fwd+bwd",
+             timed(tables)),
+            ("§2 modal tables, every user's mean feature projected (before 2026-12-01), fwd+bwd",
+             timed(tables_every_row)),
             (f"§3 fusion of {min(k, len(items))} items, fwd+bwd", timed(fuse)),
             ("§4 ONE propagation (3 layers, whole CKG), fwd+bwd", timed(propagate)),
-            (f"full CF step ({len(m.tables)} modalities), fwd+bwd", timed(step))]
-    one = rows[2][1]
+            (f"full CF step ({len(m.tables)} modalities), fwd+bwd", timed(step)),
+            (f"KG step (TransR per modality, batch {cfg['kg_batch_size']}), fwd+bwd", timed(kg_step))]
+    one = rows[3][1]
     md = "\n".join([
         f"## One Multi-KG4Rec CF step, part by part, {a.dataset}", "",
         f"`python bench/bench_multikg4rec_step.py --dataset {a.dataset}`", "",

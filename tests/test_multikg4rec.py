@@ -335,3 +335,34 @@ def test_without_modalities_it_is_kgat_step_for_step(ml100k_small, batches):
         m.prepare_eval()
     users = torch.arange(10)
     assert torch.equal(kgat.full_sort_predict(users), multi.full_sort_predict(users))
+
+
+def test_user_rows_are_the_projection_of_the_mean_of_their_items_features(ml100k_small, features):
+    """SPEC §2: a user's content is the mean of its TRAIN items' features, projected: LeakyReLU(W x_u + b) +
+    its ID row. The full table computes it as the mean of the items' projected rows (the projection is
+    affine); checked here against the definition by a plain loop, and against ``node_rows`` (the batch path,
+    which projects the users' mean features)."""
+    m = build(ml100k_small, features)
+    ds = ml100k_small
+    pre = m.pre_tables()
+    train = ds.train
+    nodes = torch.arange(m.n_nodes)
+    for t in m.modalities:
+        x, mask = features[t]
+        W, b = m.proj[t].weight, m.proj[t].bias
+        ids = m.id_emb[t].weight
+        checked = 0
+        for u in range(0, ds.n_users, 5):                                    # a spread of users
+            items = [i for i in train[train[:, 0] == u, 1] if mask[i]]
+            row = ds.n_entities + u
+            expect = ids[row].clone()
+            if items:
+                xu = x[items].mean(0)
+                expect = expect + torch.nn.functional.leaky_relu(W @ xu + b, 0.2)
+                checked += 1
+            torch.testing.assert_close(pre[t][row], expect, rtol=1e-5, atol=1e-6)
+        assert checked > 10
+        content = mask.nonzero().squeeze(1)                                   # entities: their own features
+        torch.testing.assert_close(pre[t][content], torch.nn.functional.leaky_relu(x[content] @ W.T + b, 0.2),
+                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.node_rows(t, nodes), pre[t], rtol=1e-5, atol=1e-6)

@@ -71,13 +71,14 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
 from ..fusion import MODES, BiTransformer, bfs_sequences
-from ..layers import KGPropagation, KnowledgeAwareAttention, TransR
+from ..layers import KGPropagation, KnowledgeAwareAttention, SparseAdjacency, TransR
 from .base import Recommender
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,19 @@ class MultiKG4Rec(Recommender):
         if self.item_id_embedding:
             use_id[: self.n_items] = True
         self.register_buffer(f"raw_{m}", raw.contiguous(), persistent=False)       # (n_content, d_m)
+        # A user's row projects the mean of its items' features; the projection is affine, so over the whole
+        # table that is the mean of the items' projected rows (pre-activation): W (sum_i a_ui x_i) + b =
+        # sum_i a_ui (W x_i + b) with sum_i a_ui = 1. One (users x content entities) SpMM on 64-d rows
+        # replaces projecting every user's d_m-d mean (ml-1m: 6,040 x 1,280 image and 384 text features).
+        n_ent = int(mask.sum())                               # content rows: entities first, then users
+        A = dataset.train_csr.astype(np.float32)[mu.numpy()]                      # users with content
+        A = A[:, : self.n_items].multiply(mask[: self.n_items].numpy()[None, :]).tocsr()
+        A = A.multiply(1.0 / np.asarray(A.sum(axis=1))).tocsr()                 # row means
+        col_of = row_of[: self.n_items].numpy()                                   # item -> its content row
+        A.eliminate_zeros()
+        A = sp.csr_matrix((A.data, col_of[A.indices], A.indptr), shape=(A.shape[0], n_ent))
+        A.has_sorted_indices = False
+        setattr(self, f"user_mean_{m}", SparseAdjacency.from_scipy(A))          # (users with content, n_ent)
         self.register_buffer(f"cidx_{m}", content_idx, persistent=False)            # node of each raw row
         self.register_buffer(f"crow_{m}", row_of, persistent=False)                 # raw row of each node / -1
         self.register_buffer(f"idw_{m}", use_id.float()[:, None], persistent=False)  # (n_nodes, 1)
@@ -239,7 +253,10 @@ class MultiKG4Rec(Recommender):
                 out[t] = self.id_emb[t].weight
                 continue
             tab = self.id_emb[t].weight * getattr(self, f"idw_{t}")            # ID rows (no content / users)
-            out[t] = tab.index_add(0, getattr(self, f"cidx_{t}"), self._embed(t, getattr(self, f"raw_{t}")))
+            mean = getattr(self, f"user_mean_{t}")
+            pre_e = self.proj[t](getattr(self, f"raw_{t}")[: mean.shape[1]])   # W_m x + b_m, entities
+            pre = torch.cat([pre_e, mean.matmul(pre_e)])                       # users: mean of their items'
+            out[t] = tab.index_add(0, getattr(self, f"cidx_{t}"), F.leaky_relu(pre, NEGATIVE_SLOPE))
         return out
 
     def node_rows(self, t: str, nodes: torch.Tensor) -> torch.Tensor:
