@@ -61,3 +61,23 @@ def test_committed_table_is_regenerated_by_its_own_command_from_the_archive(path
                                        f"regenerate it with: multikg4rec {' '.join(argv)}")
     rows = (out / table / "runs.csv").read_text().replace(f"{out}/", f"{root.relative_to(REPO)}/")
     assert rows == (root / table / "runs.csv").read_text()                 # run_dir: archive-relative
+
+
+def _load_compare():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("recbole_compare", REPO / "bench" / "recbole" / "compare.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "bench" / "results").glob("recbole_*.md")))
+def test_recbole_comparison_tables_are_rendered_from_their_recorded_runs(path):
+    """bench/results/recbole_<dataset>.md embeds every comparison run it reports (both frameworks' test metrics,
+    epochs, seconds, memory, the command and the machine) as JSON; the tables, means and footnotes above it
+    must be exactly what `bench/recbole/compare.py` renders from those records."""
+    compare = _load_compare()
+    md = REPO / path
+    rows = compare.read_rows(md)
+    assert rows, f"{path} holds no recorded runs"
+    assert compare.render(md.stem.split("_", 1)[1], rows) == md.read_text()
