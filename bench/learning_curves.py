@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 
-def summarise(path: Path, metric: str = "ndcg@20") -> dict:
+def summarise(path: Path, metric: str = "ndcg@20", max_epoch: int | None = None) -> dict:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "valid" in r]
+    rows = [r for r in rows if "valid" in r and (max_epoch is None or r["epoch"] <= max_epoch)]
     v = np.array([r["valid"][metric] for r in rows])
     loss = np.array([r["loss"] for r in rows])
     b = int(v.argmax())
@@ -29,11 +29,13 @@ def main() -> None:
     ap.add_argument("logs", nargs="+", type=Path, help="log.jsonl files; the run's name is the parent folder")
     ap.add_argument("--metric", default="ndcg@20")
     ap.add_argument("--write", type=Path)
+    ap.add_argument("--max-epoch", type=int, help="read each curve up to this epoch only (compare a run stopped "
+                                                  "by hand with full runs at the same point)")
     args = ap.parse_args()
     lines = [f"| run | epochs | best valid {args.metric} (epoch) | loss there | last loss | "
              f"mean abs change of valid over the last 10 epochs | s/epoch |", "|---|---|---|---|---|---|---|"]
     for p in args.logs:
-        s = summarise(p, args.metric)
+        s = summarise(p, args.metric, args.max_epoch)
         lines.append(f"| {p.parent.name} | {s['epochs']} | {s['best']:.4f} ({s['best_epoch']}) | "
                      f"{s['loss_at_best']:.4f} | {s['last_loss']:.4f} | {s['swing']:.4f} | {s['s_per_epoch']:.0f} |")
     text = "\n".join(lines) + "\n"
