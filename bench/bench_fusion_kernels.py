@@ -15,22 +15,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
-
-
-def timed(fn, repeat: int) -> float:
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out) * 1000
+from benchlib import emit, median_ms
 
 
 def main() -> None:
@@ -56,7 +45,7 @@ def main() -> None:
     def fusion_step():
         sum(v.sum() for v in bt(x, mask).values()).backward()
 
-    fusion_ms = timed(fusion_step, a.repeat)
+    fusion_ms = median_ms(fusion_step, a.repeat, warmup=3)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(5):
             fusion_step()
@@ -93,7 +82,7 @@ def main() -> None:
                      ("explicit softmax(QK^T/sqrt(d_k))V, masked_fill", explicit_masked_fill),
                      ("explicit, baddbmm + additive mask", explicit_baddbmm)]:
         torch.testing.assert_close(fn(), ref, rtol=1e-4, atol=1e-5)
-        kernels.append((name, timed(lambda: fn().sum().backward(), a.repeat)))
+        kernels.append((name, median_ms(lambda: fn().sum().backward(), a.repeat, warmup=3)))
 
     md = "\n".join([
         f"## The fusion module on one CPU core: ops and attention kernels ({a.items} items)", "",
@@ -108,10 +97,7 @@ def main() -> None:
         "fwd+bwd, same output:", "",
         "| formulation | ms |", "|---|---|",
         *[f"| {n} | {ms:.1f} |" for n, ms in kernels], ""])
-    print(md)
-    if a.write:
-        with open(a.write, "a") as f:
-            f.write(md + "\n")
+    emit(md, a.write)
 
 
 if __name__ == "__main__":

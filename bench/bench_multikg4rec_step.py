@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from benchlib import emit, median_ms
 
 
 def main() -> None:
@@ -44,25 +44,20 @@ def main() -> None:
     items = torch.unique(torch.cat([batch["pos_items"], batch["neg_items"]]))
 
     def timed(fn) -> float:
-        fn()
-        out = []
-        for _ in range(a.repeat):
-            t = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t)
-            m.zero_grad(set_to_none=True)
-        return statistics.median(out) * 1000
+        return median_ms(fn, a.repeat, after=lambda: m.zero_grad(set_to_none=True))
 
     def tables():
         sum(v.sum() for v in m.pre_tables().values()).backward()
 
     def tables_every_row():     # the same tables as the code before 2026-12-01: every user's mean feature projected
         from torch.nn import functional as F
+
+        from multikg4rec.models.multikg4rec import NEGATIVE_SLOPE
         out = 0.0
         for t in m.modalities:
             tab = m.id_emb[t].weight * getattr(m, f"idw_{t}")
             out = out + tab.index_add(0, getattr(m, f"cidx_{t}"), F.leaky_relu(m.proj[t](getattr(m, f"raw_{t}")),
-                                                                                0.2)).sum()
+                                                                                NEGATIVE_SLOPE)).sum()
         out.backward()
 
     kg_batch = next(iter(KGSampler(torch.stack([ds.ckg().head, ds.ckg().relation, ds.ckg().tail], 1).numpy(),
@@ -105,10 +100,7 @@ def main() -> None:
         f"median of {a.repeat}; load average (1 min) {load0:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
         "| part | ms | x one propagation |", "|---|---|---|",
         *[f"| {name} | {ms:.0f} | {ms / one:.2f} |" for name, ms in rows], ""])
-    print(md)
-    if a.write:
-        with open(a.write, "a") as f:
-            f.write(md + "\n")
+    emit(md, a.write)
 
 
 if __name__ == "__main__":
