@@ -124,7 +124,7 @@ class Trainer:
 
     def __init__(self, model: Recommender, dataset: Dataset, config: dict, run_dir: Path, quiet: bool = False):
         self.model, self.dataset, self.config, self.run_dir, self.quiet = model, dataset, config, run_dir, quiet
-        # the code this process runs (HEAD can move while a long run trains); a resumed run lists each segment's
+        # the code this process runs (HEAD can move while a long run trains); a resumed run lists each segment's commit
         self.commits: list[str | None] = [_git_commit()]
         # device (config ``device``): the model with every graph it holds moves there (Recommender._apply);
         # batches are moved per step; model code runs under torch's default-device context there

@@ -227,15 +227,12 @@ class MultiKG4Rec(Recommender):
         # table that is the mean of the items' projected rows (pre-activation): W (sum_i a_ui x_i) + b =
         # sum_i a_ui (W x_i + b) with sum_i a_ui = 1. One (users x content entities) SpMM on 64-d rows
         # replaces projecting every user's d_m-d mean (ml-1m: 6,040 x 1,280 image and 384 text features).
-        n_ent = int(mask.sum())                               # content rows: entities first, then users
-        A = dataset.train_csr.astype(np.float32)[mu.numpy()]                      # users with content
-        A = A[:, : self.n_items].multiply(mask[: self.n_items].numpy()[None, :]).tocsr()
-        A = A.multiply(1.0 / np.asarray(A.sum(axis=1))).tocsr()                 # row means
-        col_of = row_of[: self.n_items].numpy()                                   # item -> its content row
-        A.eliminate_zeros()
-        A = sp.csr_matrix((A.data, col_of[A.indices], A.indptr), shape=(A.shape[0], n_ent))
-        A.has_sorted_indices = False
-        setattr(self, f"user_mean_{m}", SparseAdjacency.from_scipy(A))          # (users with content, n_ent)
+        # Raw rows: entities with content in node order (so items with content first), then users.
+        items_c = np.flatnonzero(mask[: self.n_items].numpy())                   # = their raw rows 0..k-1
+        A = dataset.train_csr.astype(np.float32)[mu.numpy()][:, items_c]         # users with content x items
+        A = sp.diags(1.0 / np.asarray(A.sum(axis=1)).ravel()) @ A                # row means
+        A.resize(A.shape[0], int(mask.sum()))                                    # columns: all entity raw rows
+        setattr(self, f"user_mean_{m}", SparseAdjacency.from_scipy(A))
         self.register_buffer(f"cidx_{m}", content_idx, persistent=False)            # node of each raw row
         self.register_buffer(f"crow_{m}", row_of, persistent=False)                 # raw row of each node / -1
         self.register_buffer(f"idw_{m}", use_id.float()[:, None], persistent=False)  # (n_nodes, 1)
