@@ -165,6 +165,51 @@ def test_same_seed_same_metrics_and_resume(ml100k_small, tmp_path):
     assert again.model is None and again.metrics["test"] == b.metrics["test"]
 
 
+def test_interrupted_validation_reruns_only_the_evaluation(ml100k_small, tmp_path, monkeypatch):
+    """Ctrl-C during a validation keeps the epoch's training: the resumed run evaluates that epoch without
+    training it again and ends where an uninterrupted run ends."""
+    from multikg4rec import training
+    from multikg4rec.errors import Interrupted
+    cfg = _cfg("bprmf", tmp_path, epochs=3, eval_every=1)
+    a = run(cfg, run_dir=tmp_path / "a", dataset=ml100k_small, quiet=True)
+    real_evaluate, evals = training.Trainer.evaluate, []
+
+    def interrupt_second_validation(self, split, **kw):
+        evals.append(split)
+        if evals.count("valid") == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(self, split, **kw)
+
+    monkeypatch.setattr(training.Trainer, "evaluate", interrupt_second_validation)
+    with pytest.raises(Interrupted, match="after epoch 2"):
+        run(cfg, run_dir=tmp_path / "b", dataset=ml100k_small, quiet=True)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 2 and ckpt["pending_row"]["epoch"] == 2 and "valid" not in ckpt["pending_row"]
+    passes = []
+    real_pass = training.Trainer._pass
+    monkeypatch.setattr(training.Trainer, "_pass", lambda self, *a, **k: passes.append(a[-1]) or real_pass(self, *a, **k))
+    b = run(cfg, run_dir=tmp_path / "b", dataset=ml100k_small, quiet=True)
+    assert passes == ["epoch 3 CF"]                                  # epoch 2 was not trained twice
+    log = [json.loads(l) for l in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and all("valid" in r for r in log)
+    assert b.metrics["best_epoch"] == a.metrics["best_epoch"]
+    assert b.metrics["test"] == pytest.approx(a.metrics["test"], abs=1e-6)
+
+
+def test_final_valid_metrics_are_the_best_epochs_own(ml100k_small, tmp_path):
+    """finish() reports the validation computed when the best model was saved instead of re-running it; a fresh
+    evaluation of the saved weights must give the same numbers (the assumption that saves the pass)."""
+    from multikg4rec.training import Trainer, build_model
+    cfg = _cfg("lightgcn", tmp_path, epochs=3, eval_every=1, embedding_size=16)
+    res = run(cfg, dataset=ml100k_small, quiet=True)
+    best = torch.load(res.run_dir / "best_model.pt", weights_only=False)
+    assert best["epoch"] == res.metrics["best_epoch"] and best["valid"] == res.metrics["valid"]
+    model = build_model(cfg, ml100k_small)
+    model.load_state_dict(best["model"])
+    fresh = Trainer(model, ml100k_small, cfg, tmp_path / "re", quiet=True).evaluate("valid").metrics
+    assert fresh == pytest.approx(res.metrics["valid"], abs=1e-9)
+
+
 def test_early_stopping_uses_valid_only(ml100k_small, tmp_path):
     res = run(_cfg("bprmf", tmp_path, epochs=30, patience=2, learning_rate=0.05), dataset=ml100k_small, quiet=True)
     log = [json.loads(l) for l in (res.run_dir / "log.jsonl").read_text().splitlines()]
