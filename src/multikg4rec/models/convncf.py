@@ -176,8 +176,11 @@ class ConvNCF(Recommender):
 
     def score_pairs(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """y for each (p[n], q[n]) -> (N,)."""
-        n = p.shape[0]
-        x = self.interaction_map(p, q)                                  # E = p (x) q
+        return self.score_maps(self.interaction_map(p, q))              # E = p (x) q
+
+    def score_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """y from interaction maps in patch layout, (N, (d/2)^2, 4) -> (N,)."""
+        n = x.shape[0]
         for w, b in zip(self.conv_weights, self.conv_biases):
             x = torch.addmm(b, x.reshape(-1, w.shape[0]), w).relu_()    # e^(l) = ReLU(conv(e^(l-1)) + b_l)
         g = self.dropout(x.view(n, -1))                                 # (N, c_L): the 1 x 1 x c map
@@ -197,10 +200,15 @@ class ConvNCF(Recommender):
     def full_sort_predict(self, users):
         """(len(users), n_items): every (user, item) pair through the CNN, in chunks of pairs."""
         p, q = self.user_emb(users), self.item_emb.weight
+        # each factor of E = p (x) q in patch layout, once per call: a chunk then multiplies whole rows
+        # instead of gathering d^2 scattered entries per pair (1.2-1.3x faster per pair on one core,
+        # ml-1m sizes: the item side is n_items x d^2 floats, 61 MB)
+        pr = p[:, self.patch_rows].view(len(users), -1, 4)
+        qc = q[:, self.patch_cols].view(self.n_items, -1, 4)
         n_pairs = len(users) * self.n_items
         chunk = max(1, self.EVAL_BLOCK // ((self.dim // 2) ** 2 * self.channels[0]))
         out = torch.empty(n_pairs, dtype=p.dtype, device=p.device)
         for s in range(0, n_pairs, chunk):
             r = torch.arange(s, min(s + chunk, n_pairs), device=p.device)
-            out[s:s + chunk] = self.score_pairs(p[r // self.n_items], q[r % self.n_items])
+            out[s:s + chunk] = self.score_maps(pr[r // self.n_items] * qc[r % self.n_items])
         return out.view(len(users), self.n_items)
