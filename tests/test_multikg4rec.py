@@ -307,6 +307,40 @@ def test_item_id_embedding_fused_adds_the_id_row_to_the_fused_row(ml100k_small, 
         build(ml100k_small, features, item_id_embedding="yes")
 
 
+def test_item_id_channel_is_a_third_id_only_table_summed_in_the_score(ml100k_small, features, batches):
+    """item_id_embedding: channel -> tables image, text, id; the id table's layer 0 is the learned ID rows of
+    every node (no content, no fusion), the modal tables are SPEC §2's, and the score is the sum of the
+    three channels' inner products."""
+    m = build(ml100k_small, features, item_id_embedding="channel").eval()
+    assert m.tables == ["image", "text", "id"]
+    n = ml100k_small.n_items
+    with torch.no_grad():
+        m.id_emb["id"].weight.normal_()
+        pre = m.pre_tables()
+        l0 = m.layer0(pre, m.fuse(pre))
+        assert torch.equal(l0["id"], m.id_emb["id"].weight)
+        assert not torch.equal(l0["text"][:n], pre["text"][:n])          # items: fused rows
+        u, i, _ = m.propagate()
+        per = u.shape[1] // 3
+        users = torch.tensor([0, 5])
+        scores = m.full_sort_predict(users)
+        parts = sum(u[users, k * per:(k + 1) * per] @ i[:, k * per:(k + 1) * per].T for k in range(3))
+        assert torch.allclose(scores, parts, atol=1e-5)
+        # the id channel is the last block of e*, its own propagation of the ID rows (items, then users)
+        out_id = m.propagation["id"](l0["id"], m.adjacency("id"), rows=m.ui_rows)
+        assert torch.allclose(i[:, 2 * per:], out_id[:n], atol=1e-6)
+        assert torch.allclose(u[:, 2 * per:], out_id[n:], atol=1e-6)
+    m.train()
+    loss = m.calculate_loss(batches[0])
+    loss.backward()
+    assert m.id_emb["id"].weight.grad.abs().sum() > 0 and m.proj["text"].weight.grad.abs().sum() > 0
+    assert m.calculate_kg_loss(batches[1]).item() > 0
+    rep = m.attention_report(0)
+    assert rep["tables"] == ["image", "text", "id"] and sum(rep["modality"].values()) == pytest.approx(1.0)
+    with pytest.raises(UserError, match="name of the ID-only table"):
+        build(ml100k_small, features, modalities=["id", "text"])
+
+
 def test_without_modalities_it_is_kgat_step_for_step(ml100k_small, batches):
     """w/o t&v (no modal features, no fusion) is KGAT (SPEC §4-6): same parameters from the same seed, same CF and
     KG losses, same gradients, same scores after the attention update. Catches the two drifting apart."""
