@@ -268,6 +268,12 @@ def test_cli_help_lists_models_and_options(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert "bprmf" in out and "lightgcn" in out and "valid_metric" in out and "--data-dir" in out
+    assert "fusion_blocks" not in out                                  # a model's keys only with --model
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "multikg4rec", "--help"])
+    out = capsys.readouterr().out
+    assert "valid_metric" in out and "multikg4rec keys" in out and "fusion_blocks: 3" in out
+    assert "channel: a third, ID-only table" in out                   # continuation comment lines are kept
 
 
 def test_peak_memory_is_per_run_not_per_process():

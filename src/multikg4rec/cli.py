@@ -21,13 +21,25 @@ DATASETS_HELP = ("built-in layouts: ml-1m, lastfm-2k, amazon-book; any folder <d
                  "files NAME.inter [.kg .link .item] (e.g. ml-100k)")
 
 
-def _options_epilog() -> str:
-    """The documented config keys (from configs/default.yaml, with their comments)."""
-    lines = (CONFIG_ROOT / "default.yaml").read_text(encoding="utf-8").splitlines()
-    keys = [ln for ln in lines if ln and not ln.startswith("#") and ":" in ln]
+def _yaml_keys(path: Path) -> list[str]:
+    """The key lines of a packaged YAML with their comments, and the indented lines that continue them
+    (section comments at the start of a line dropped)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [ln for ln in lines if ln.strip() and not ln.startswith("#")]
+
+
+def _options_epilog(argv: list[str]) -> str:
+    """The documented config keys (configs/default.yaml and, with ``--model M`` on the command line,
+    configs/model/M.yaml), with their comments."""
     from .models import available_models
-    return ("config keys (override any with --key value; model keys are in configs/model/<model>.yaml):\n  "
-            + "\n  ".join(keys)
+    model = argv[argv.index("--model") + 1] if "--model" in argv[:-1] else None
+    model_yaml = CONFIG_ROOT / "model" / f"{model}.yaml" if model else None
+    extra = ""
+    if model_yaml is not None and model_yaml.is_file():
+        extra = f"\n\n{model} keys (configs/model/{model}.yaml; they override the defaults above):\n  " + \
+            "\n  ".join(_yaml_keys(model_yaml))
+    return ("config keys (override any with --key value; a model's own keys: train --model M --help):\n  "
+            + "\n  ".join(_yaml_keys(CONFIG_ROOT / "default.yaml")) + extra
             + f"\n\nmodels: {', '.join(available_models())}\ndatasets: {DATASETS_HELP}\n"
             "data root: --data-dir, else $MULTIKG4REC_DATA, else ./data\n\n"
             "example:\n  multikg4rec train --model lightgcn --dataset ml-100k --epochs 50 --learning_rate 0.002")
@@ -164,13 +176,13 @@ def cmd_tune(args, rest) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="multikg4rec", description="Multi-KG4Rec and its baselines: knowledge graph + "
                                 "multimodal recommendation under one full-ranking protocol.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model, evaluate on valid each epoch, report test metrics",
-                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_options_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_options_epilog(list(argv or [])),
                        description="Train MODEL on DATASET (early stopping on valid), then evaluate the best epoch "
                                    "on test. Re-running the same command resumes an interrupted run and returns a "
                                    "finished one at once.")
@@ -289,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     # SIGTERM (kill, a batch scheduler) stops like Ctrl-C: the last finished epoch is kept
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    parser = build_parser()
+    parser = build_parser(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if rest and args.func not in (cmd_train, cmd_data_info, cmd_reproduce, cmd_tune):
