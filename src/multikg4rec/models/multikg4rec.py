@@ -53,11 +53,12 @@ TransR, attention and propagation, concatenated in the prediction like a modalit
 (e* = e^{v*} || e^{t*} || e^{id*}, so y = sum of the three channels' inner products:
 VBPR's and MMGCN's ID-beside-content design). Measured on ml-1m (seed 0, docs/results.md):
 default 0.2544, channel 0.2570, fused 0.2643 test NDCG@20, KGAT 0.2821; the channel run
-early-stops (epoch 49) long before an ID table reaches KGAT's best (epoch 95). Why it matters: a linear projection of 384-d text
-features cannot give 1,574 items arbitrary 64-d rows, and every step moves all
-items' rows at once through the shared W_m (ml-100k: the default's training loss
-stalls near 0.2 and valid NDCG@20 swings ~0.008 per epoch, where KGAT's loss falls to
-0.13 and its valid swings 0.002; results/diagnosis/README.md).
+early-stops (epoch 49) long before an ID table reaches KGAT's best (epoch 95).
+Why item ID rows matter: a linear projection of 384-d text features cannot give
+1,574 items arbitrary 64-d rows, and every step moves all items' rows at once through
+the shared W_m (ml-100k: the default's training loss stalls near 0.2 and valid NDCG@20
+swings ~0.008 per epoch, where KGAT's loss falls to 0.13 and its valid swings 0.002;
+results/diagnosis/README.md).
 
 Cost (choice, ``fusion_items``): one CF step propagates once per modality over the
 whole CKG and needs the fused feature of every item. Fusing all items with
