@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import emit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -117,11 +119,7 @@ def main(argv=None) -> None:
         med = statistics.median(ts)
         lines.append(f"| {v} | 2^{b} | {med:.2f} | {', '.join(f'{t:.2f}' for t in ts)} | {med / base:.2f}x | "
                      f"{max(x['rise_mb'] for x in res[(v, b)]):.0f} | {maxdiff[(v, b)]:.1e} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    emit("\n" + "\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

@@ -24,5 +24,5 @@ def emit(md: str, write: str | None) -> None:
     """Print a result section; with ``write``, also append it to that markdown file."""
     print(md)
     if write:
-        with open(write, "a") as f:
+        with open(write, "a", encoding="utf-8") as f:
             f.write(md + "\n")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from benchlib import emit
 
 K = 20
 
@@ -95,11 +96,7 @@ def main(argv=None) -> None:
         hits_tail = sum(i not in head for u in users for i in top.get(u, []) if i in rel[u])
         lines.append(f"| {name} | {pct.reindex(recs).fillna(0).mean():.3f} | "
                      f"{np.mean([i in head for i in recs]):.3f} | {len(set(recs))} | {hits_head} | {hits_tail} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        with open(args.write, "a", encoding="utf-8") as f:
-            f.write("\n" + text)
+    emit("\n" + "\n".join(lines), args.write)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,10 @@ def _options_epilog(argv: list[str]) -> str:
     """The documented config keys (configs/default.yaml and, with ``--model M`` on the command line,
     configs/model/M.yaml), with their comments."""
     from .models import available_models
-    model = argv[argv.index("--model") + 1] if "--model" in argv[:-1] else None
-    model_yaml = CONFIG_ROOT / "model" / f"{model}.yaml" if model else None
+    model = argv[argv.index("--model") + 1] if "--model" in argv[:-1] else ""
+    model_yaml = CONFIG_ROOT / "model" / f"{model}.yaml"
     extra = ""
-    if model_yaml is not None and model_yaml.is_file():
+    if model and model_yaml.is_file():
         extra = f"\n\n{model} keys (configs/model/{model}.yaml; they override the defaults above):\n  " + \
             "\n  ".join(_yaml_keys(model_yaml))
     return ("config keys (override any with --key value; a model's own keys: train --model M --help):\n  "

@@ -201,8 +201,8 @@ class ConvNCF(Recommender):
         """(len(users), n_items): every (user, item) pair through the CNN, in chunks of pairs."""
         p, q = self.user_emb(users), self.item_emb.weight
         # each factor of E = p (x) q in patch layout, once per call: a chunk then multiplies whole rows
-        # instead of gathering d^2 scattered entries per pair (1.2-1.3x faster per pair on one core,
-        # ml-1m sizes: the item side is n_items x d^2 floats, 61 MB)
+        # instead of gathering 2 d^2 scattered entries per pair (ml-1m: 1.26x faster for n_items x d^2
+        # more floats, 61 MB; bench/results/convncf_eval.md)
         pr = p[:, self.patch_rows].view(len(users), -1, 4)
         qc = q[:, self.patch_cols].view(self.n_items, -1, 4)
         n_pairs = len(users) * self.n_items
