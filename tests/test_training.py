@@ -303,3 +303,28 @@ def test_output_piped_into_a_reader_that_left_ends_quietly(monkeypatch):
     monkeypatch.setattr(sys, "stdout", out)
     assert main(["models"]) == 0
     out.close()                                   # its fd now points at /dev/null: closing raises nothing
+
+
+def test_recbole_compare_no_eval_trains_the_epochs_and_keeps_no_run(data_dir, tmp_path):
+    """`bench/recbole/compare.py --no-eval` (timing rows: ConvNCF on ml-1m) times ours with
+    `Trainer.train_epoch` alone: the epochs asked for, no evaluation, the split written for RecBole, and
+    nothing left that a later real run would mistake for its own (no checkpoint, no metrics.json)."""
+    import importlib.util
+    from pathlib import Path
+    spec = importlib.util.spec_from_file_location(
+        "recbole_compare", Path(__file__).resolve().parents[1] / "bench" / "recbole" / "compare.py")
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    cfg = load_config("bprmf", "ml-100k", overrides={
+        "seed": 0, "epochs": 2, "threads": 1, "data_dir": str(data_dir), "cache_dir": str(tmp_path / "c"),
+        "output_dir": str(tmp_path / "runs")})
+    run_dir, m = compare._ours_timing(cfg)
+    assert m["epochs_run"] == 2 and len(m["epoch_seconds"]) == 2 and min(m["epoch_seconds"]) > 0
+    assert m["seconds_per_epoch"] == pytest.approx(sum(m["epoch_seconds"]) / 2, abs=1e-3)
+    assert all(v is None for v in m["test"].values()) and m["best_epoch"] is None
+    assert (run_dir / "split" / "ml-100k.train.inter").is_file() and (run_dir / "config.yaml").is_file()
+    assert not any((run_dir / f).exists() for f in ("metrics.json", "checkpoint.pt", "best_model.pt", "log.jsonl"))
+    line = compare.render("ml-100k", [{"ours": "bprmf", "recbole": "BPR", "seed": 0, "variant": "no evaluation",
+                                       "ours_result": compare._slim(m), "recbole_result": None,
+                                       "command": "c", "date": "d", "machine": "m"}])
+    assert "| bprmf / BPR | no evaluation | 0 | ours | - | - | - | - / 2 |" in line

@@ -12,7 +12,9 @@ through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/sp
   that run's alone); a finished run directory is read, not redone.
 * ``--recbole-only``: do not train ours; only write the run directory's ``config.yaml`` and ``split/``
   (the split does not depend on the model) and run RecBole on it; ours shows as "not run".
-* ``--epochs N`` caps BOTH frameworks (timing-only runs, e.g. on ml-1m); the table says so.
+* ``--epochs N`` caps BOTH frameworks (timing-only runs, e.g. on ml-1m); the table says so. With
+  ``--no-eval`` both only train those epochs (no validation, no test: the row shows seconds and peak memory,
+  accuracy "-"); for ConvNCF on ml-1m, whose full ranking costs hours on one core.
 * ``--set KEY=YAML`` overrides OUR config (a separate run directory); RecBole gets the value through the
   mapping of run_recbole.py (e.g. ``--set patience=30`` -> ``stopping_step: 29``). The row is labelled with it.
 * ``--recbole-env KEY=VALUE`` sets an environment variable for RecBole's process only (e.g. the glibc malloc
@@ -69,6 +71,8 @@ def _ours_child(spec: dict) -> None:
             write_split(ds, run_dir / "split")
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    elif spec.get("no_eval"):
+        run_dir, metrics = _ours_timing(cfg)
     else:
         from multikg4rec.models import get_model_class
         for pre in get_model_class(cfg["model"]).prerequisites(cfg):   # ConvNCF: its BPR-MF initialisation
@@ -84,6 +88,42 @@ def _ours_child(spec: dict) -> None:
         pre = bprmf_config(cfg) if str(cfg["pretrain_path"]) == "auto" else load_yaml_file(cfg["pretrain_path"])
         out["pretrain_config"] = pre
     print(json.dumps(out, default=str), flush=True)
+
+
+def _ours_timing(cfg: dict) -> tuple[Path, dict]:
+    """``--no-eval``: ``cfg['epochs']`` training epochs of ours (``Trainer.train_epoch``, the same epoch ``fit``
+    runs), no validation or test. Writes the run directory's ``config.yaml`` and ``split/`` for RecBole; the
+    trainer's checkpoints go to a temporary folder (nothing of a timing run is kept as a run)."""
+    import tempfile
+
+    import torch
+    from multikg4rec import runtime
+    from multikg4rec.config import dump_config
+    from multikg4rec.data import load_dataset
+    from multikg4rec.models import get_model_class
+    from multikg4rec.training import (Trainer, build_model, default_run_dir, peak_rss_mb, reset_peak_rss, run,
+                                      seed_everything, write_split)
+
+    for pre in get_model_class(cfg["model"]).prerequisites(cfg):      # ConvNCF: its BPR-MF initialisation
+        run(pre, quiet=True)
+    runtime.configure(cfg)
+    reset_peak_rss()
+    seed_everything(cfg["seed"])
+    ds = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    model = build_model(cfg, ds)
+    run_dir = default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    write_split(ds, run_dir / "split")
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, ds, cfg, Path(tmp), quiet=True)
+        secs = [trainer.train_epoch()["train_seconds"] for _ in range(int(cfg["epochs"]))]
+    none = {m: None for m in METRICS}
+    return run_dir, {"test": none, "valid": none, "best_epoch": None, "epochs_run": len(secs),
+                     "seconds_per_epoch": round(sum(secs) / len(secs), 3), "epoch_seconds": secs,
+                     "peak_rss_mb": round(peak_rss_mb(), 1), "threads": torch.get_num_threads(),
+                     "n_params": int(sum(p.numel() for p in model.parameters())), "torch": torch.__version__,
+                     "reused": False, "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def load_yaml_file(path) -> dict:
@@ -102,7 +142,7 @@ def run_ours(model: str, dataset: str, seed: int, args) -> dict:
         overrides["epochs"] = args.epochs
     overrides.update(args.overrides)
     spec = {"model": model, "dataset": dataset, "overrides": overrides, "split_only": args.recbole_only,
-            "restart": args.restart_ours}
+            "restart": args.restart_ours, "no_eval": args.no_eval}
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_ours-child", json.dumps(spec)],
                        cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -121,6 +161,8 @@ def run_recbole(recbole_model: str, run_dir: str, seed: int, args, extra: tuple[
            "--seed", str(seed), "--threads", str(args.threads or 1), "--out", str(ROOT / "bench" / "out" / "recbole")]
     if args.epochs and not pretrain:
         cmd += ["--epochs", str(args.epochs)]
+    if args.no_eval and not pretrain:
+        cmd += ["--no-eval"]
     if args.check_eval and not pretrain:
         cmd += ["--dump-scores", str(ROOT / "bench" / "out" / "recbole" / f"scores_{recbole_model}_{Path(run_dir).name}.npz")]
     cmd += list(extra)
@@ -234,7 +276,7 @@ def render(dataset: str, rows: list[dict]) -> str:
                 dag = " †"
                 reused.append(f"{name} ({var}, seed {r['seed']}): trained {o.get('finished', '?')}")
             out.append(f"{lead} | ours | " + " | ".join(_f(o["test"].get(m)) for m in METRICS)
-                       + f" | {o['best_epoch']} / {o['epochs_run']} | {_f(o['seconds_per_epoch'], 3)}{dag} | | "
+                       + f" | {o['best_epoch'] or '-'} / {o['epochs_run']} | {_f(o['seconds_per_epoch'], 3)}{dag} | | "
                        f"{_f(o['peak_rss_mb'], 0)} |")
         else:
             out.append(f"{lead} | ours | not run | | | | | | |")
@@ -242,7 +284,7 @@ def render(dataset: str, rows: list[dict]) -> str:
             ratio = (b["seconds_per_epoch"] / o["seconds_per_epoch"]
                      if o and o.get("seconds_per_epoch") and b.get("seconds_per_epoch") else None)
             out.append(f"{lead} | RecBole | " + " | ".join(_f(b["test"].get(m)) for m in METRICS)
-                       + f" | {b['best_epoch']} / {b['epochs_run']} | {_f(b['seconds_per_epoch'], 3)} | "
+                       + f" | {b['best_epoch'] or '-'} / {b['epochs_run']} | {_f(b['seconds_per_epoch'], 3)} | "
                        f"{_f(ratio, 2)}{'x' if ratio else ''} | {_f(b['peak_rss_mb'], 0)} |")
         if r.get("recbole_pretrain"):
             bp = r["recbole_pretrain"]
@@ -329,6 +371,9 @@ def main(argv=None) -> None:
                     help="comma list of our models, or ours:RecBole pairs (default bprmf,lightgcn)")
     ap.add_argument("--seeds", default="2024", help="comma list (default 2024, our default seed)")
     ap.add_argument("--epochs", type=int, default=None, help="cap on epochs for BOTH (timing-only runs)")
+    ap.add_argument("--no-eval", action="store_true",
+                    help="with --epochs: train both for that many epochs and time them, no validation or test "
+                         "(ConvNCF on ml-1m: one full ranking costs ours ~1 h and RecBole several)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for both (default 1)")
     ap.add_argument("--output-dir", default="runs", help="our run directories root (default runs)")
     ap.add_argument("--recbole-only", action="store_true", help="only write our split, do not train ours")
@@ -353,7 +398,12 @@ def main(argv=None) -> None:
     pairs = parse_models(args.models)
     import yaml
     args.overrides = {kv.split("=", 1)[0]: yaml.safe_load(kv.split("=", 1)[1]) for kv in args.ours_set}
+    if args.no_eval and not args.epochs:
+        raise SystemExit("compare: --no-eval times a fixed number of epochs: give --epochs N too")
+    if args.no_eval and args.check_eval:
+        raise SystemExit("compare: --no-eval evaluates nothing, so --check-eval has nothing to check")
     variant = ", ".join(args.ours_set + ([f"epochs<={args.epochs}"] if args.epochs else [])
+                        + (["no evaluation (timing)"] if args.no_eval else [])
                         + [f"RecBole {kv}" for kv in args.recbole_env]) or None
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     command = "MULTIKG4REC_DATA=" + os.environ.get("MULTIKG4REC_DATA", "./data") + " python bench/recbole/compare.py " + \
@@ -383,7 +433,7 @@ def main(argv=None) -> None:
                         (ours, rb, seed, variant)] + [row]
                 md.write_text(render(args.dataset, rows), encoding="utf-8")
             def fmt(res):
-                return "not run" if not res else " ".join(f"{m} {res['test'][m]:.4f}" for m in METRICS) + \
+                return "not run" if not res else " ".join(f"{m} {_f(res['test'][m])}" for m in METRICS) + \
                     f"  {res['seconds_per_epoch']} s/epoch"
             print(f"  ours    : {fmt(o['metrics'])}\n  RecBole : {fmt(b)}", file=sys.stderr, flush=True)
     print(f"compare: wrote {md}", file=sys.stderr)

@@ -265,6 +265,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--model", required=True, help="RecBole model name: BPR, LightGCN, KGAT, CKE, KGCN, ...")
     ap.add_argument("--epochs", type=int, default=None, help="cap on epochs (default: our config's epochs)")
     ap.add_argument("--seed", type=int, default=None, help="default: our config's seed")
+    ap.add_argument("--no-eval", action="store_true", help="train only (no validation, no test): seconds per "
+                    "epoch and peak memory; the metrics are null")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--out", default="bench/out/recbole", help="folder for the JSON result")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
@@ -354,9 +356,13 @@ def main(argv=None) -> dict:
 
     trainer._train_epoch, trainer._save_checkpoint = timed_train_epoch, tracked_save
     t_load = time.perf_counter() - t_start
-    best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False,
-                                               verbose=True)
-    test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    if args.no_eval:   # RecBole's fit skips validation without valid data; nothing is saved or tested
+        trainer.fit(train_data, None, saved=False, show_progress=False, verbose=True)
+        best_valid, test = {}, {}
+    else:
+        best_valid_score, best_valid = trainer.fit(train_data, valid_data, saved=True, show_progress=False,
+                                                   verbose=True)
+        test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
     if dump:
         dump_scores(net, ds, config, dump)
     valid = {k.lower(): float(v) for k, v in (best_valid or {}).items()}

@@ -250,24 +250,29 @@ class Trainer:
                 return
             if self.bad_evals >= cfg["patience"]:
                 return
-            self.model.train()
             while self.epoch < cfg["epochs"]:
-                epoch = self.epoch + 1
-                t0 = time.perf_counter()
-                row = {"epoch": epoch, "loss": self._pass(self.cf_sampler, self.model.calculate_loss,
-                                                          f"epoch {epoch} CF")}
-                if self.kg_sampler is not None:
-                    row["kg_loss"] = self._pass(self.kg_sampler, self.model.calculate_kg_loss, f"epoch {epoch} KG")
-                with self.on_device():
-                    self.model.on_epoch_end(epoch)
-                diag = self.model.diagnostics()
-                if diag:
-                    row["diag"] = diag
-                row["train_seconds"] = round(time.perf_counter() - t0, 3)
-                self.train_seconds.append(row["train_seconds"])
-                self.epoch = epoch
-                if self._end_epoch(row, logf):
+                if self._end_epoch(self.train_epoch(), logf):
                     break
+
+    def train_epoch(self) -> dict:
+        """One training epoch (CF pass, KG pass if the model has one, the model's epoch-end update), no
+        evaluation: its log row (losses, diagnostics, seconds). ``fit`` validates and checkpoints after it;
+        ``bench/recbole/compare.py --no-eval`` times epochs with it alone."""
+        self.model.train()
+        epoch = self.epoch + 1
+        t0 = time.perf_counter()
+        row = {"epoch": epoch, "loss": self._pass(self.cf_sampler, self.model.calculate_loss, f"epoch {epoch} CF")}
+        if self.kg_sampler is not None:
+            row["kg_loss"] = self._pass(self.kg_sampler, self.model.calculate_kg_loss, f"epoch {epoch} KG")
+        with self.on_device():
+            self.model.on_epoch_end(epoch)
+        diag = self.model.diagnostics()
+        if diag:
+            row["diag"] = diag
+        row["train_seconds"] = round(time.perf_counter() - t0, 3)
+        self.train_seconds.append(row["train_seconds"])
+        self.epoch = epoch
+        return row
 
     def _end_epoch(self, row: dict, logf) -> bool:
         """Validate if due, keep the best model, checkpoint, log; True when early stopping says stop.
