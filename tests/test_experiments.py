@@ -293,8 +293,8 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     text = plan(jobs, common, archive)
     lines = text.splitlines()
     assert lines[0] == ("5 runs: 1 finished, 4 to do; about 0.4 h of training at the speed the finished runs of the "
-                        "same kind recorded (one run per core); 1 run(s) with no finished run of their kind to "
-                        "estimate from")
+                        "same kind recorded, or a part-done run its own (one run per core); 1 run(s) with no "
+                        "finished run of their kind to estimate from")
     assert lines[1].split() == ["bprmf", "ml-100k", "seed", "0", "finished"]
     assert lines[2].split() == ["bprmf", "ml-100k", "seed", "1", "in", "progress", "(epoch", "30)", "~5", "min"]
     assert lines[3].split() == ["bprmf", "ml-100k", "seed", "2", "to", "train", "~10", "min"]
@@ -307,6 +307,30 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     assert main(["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "1", "--models", "bprmf", "--plan",
                  "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "runs")]) == 0
     assert capsys.readouterr().out.splitlines()[1].split() == ["bprmf", "ml-100k", "seed", "0", "finished"]
+
+
+def test_plan_bounds_a_part_done_run_of_a_new_kind_from_its_own_log(tmp_path):
+    """The first run of a model on a dataset (ConvNCF on ml-1m), part-way: no finished run to copy, so the plan
+    bounds what is left from the run's own epochs: epochs left to the cap x its mean epoch, plus, once it has
+    validated, its mean validation x (validations left + the test pass)."""
+    from multikg4rec.experiments import Job, plan
+    from multikg4rec.training import default_run_dir
+
+    common = {"output_dir": str(tmp_path / "runs")}
+    job = Job("kgat", "kgat", "ml-100k", 0, {"epochs": 10, "eval_every": 5})
+    rd = default_run_dir(job.config(common))
+    rd.mkdir(parents=True)
+    log = [{"epoch": 1, "train_seconds": 50.0}, {"epoch": 2, "train_seconds": 70.0}]
+    (rd / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    line = plan([job], common).splitlines()[1]
+    assert "<= ~8 min (its own epochs x 8 left to its cap; validations not timed yet" in line   # 8 x 60 s
+    log += [{"epoch": e, "train_seconds": 60.0} for e in (3, 4)] + [{"epoch": 5, "train_seconds": 60.0,
+                                                                     "eval_seconds": 120.0}]
+    (rd / "log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
+    text = plan([job], common)
+    # 5 epochs x 60 s + (the validation after epoch 10 + the test) x 120 s = 540 s
+    assert "<= ~9 min (its own epochs and validations, 5 epochs left to its cap)" in text.splitlines()[1]
+    assert "about 0.1 h of training" in text.splitlines()[0] and "no finished run" not in text
 
 
 def test_archived_result_wins_over_a_run_retrained_here_and_the_difference_is_reported(tmp_path, caplog):

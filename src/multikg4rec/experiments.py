@@ -242,7 +242,8 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
     """What a sweep still has to do, run by run: finished (here or archived), in progress (its last epoch) or
     to train, with the minutes each should take, estimated from the finished runs of the same kind (same
     model, label and dataset; their recorded ``train_seconds_total``), else from the finished runs of the
-    same model and dataset under other labels (said so). Trains nothing."""
+    same model and dataset under other labels (said so), else, for a part-done run, as an upper bound from
+    its own log (``_own_pace``). Trains nothing."""
     from .training import default_run_dir
     states, spent = [], {}
     for job in jobs:
@@ -275,6 +276,10 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
                 left = secs * max(0.0, 1 - epochs / float(np.median([e for _, e in past])))
                 total += left
                 eta = f"~{left / 60:.0f} min" + (" (from other variants of the model)" if other else "")
+            elif (own := _own_pace(rd, job.config(common), epochs)) is not None:
+                left, note = own                          # e.g. the first ConvNCF run on ml-1m, part-way
+                total += left
+                eta = f"<= ~{left / 60:.0f} min ({note})"
             else:
                 unknown += 1
                 eta = "(no estimate)"
@@ -284,10 +289,30 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
     head = f"{len(seen)} runs: {n_done} finished, {len(seen) - n_done} to do"
     if len(seen) - n_done > unknown:
         head += (f"; about {total / 3600:.1f} h of training at the speed the finished runs of the same kind "
-                 "recorded (one run per core)")
+                 "recorded, or a part-done run its own (one run per core)")
     if unknown:
         head += f"; {unknown} run(s) with no finished run of their kind to estimate from"
     return "\n".join([head, *lines])
+
+
+def _own_pace(run_dir: Path, cfg: dict, epochs: int) -> tuple[float, str] | None:
+    """An upper bound on what a part-done run with no finished run of its kind still needs, from its own
+    log: its mean epoch (training) times the epochs left to its cap (``epochs``; early stopping may end it
+    sooner), plus its mean validation times the validations left and the test pass, once it has validated."""
+    log = [e for e in _log_entries(run_dir) if e.get("train_seconds")]
+    if not log:
+        return None
+    left_epochs = max(0, int(cfg["epochs"]) - epochs)
+    left = left_epochs * float(np.mean([e["train_seconds"] for e in log]))
+    evals = [e["eval_seconds"] for e in log if e.get("eval_seconds")]
+    if evals:
+        n_evals = sum(1 for e in range(epochs + 1, int(cfg["epochs"]) + 1)
+                      if e % int(cfg["eval_every"]) == 0 or e == int(cfg["epochs"]))
+        left += (n_evals + 1) * float(np.mean(evals))
+        note = f"its own epochs and validations, {left_epochs} epochs left to its cap"
+    else:
+        note = f"its own epochs x {left_epochs} left to its cap; validations not timed yet, not included"
+    return left, note
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
