@@ -171,6 +171,17 @@ def test_compare_cli_pairs_runs_by_seed(tmp_path, capsys):
     assert main(["compare", "--a", a[0], "--b", str(tmp_path / "missing")]) == 2        # one-line error
     assert "is not a finished run" in capsys.readouterr().err
 
+    # same seed, another dataset or split: users' test items differ, so pairing them is refused
+    other = fake_run("other", 0, base[0])
+    (tmp_path / "other" / "config.yaml").write_text("seed: 0\ndataset: ml-1m\n")
+    assert main(["compare", "--a", a[1], "--b", other]) == 2
+    assert "not on the same split (dataset: None vs 'ml-1m')" in capsys.readouterr().err
+    for name, test_file in (("a0", "1\t5\n"), ("b0", "1\t6\n")):              # the written splits, where kept
+        (tmp_path / name / "split").mkdir()
+        (tmp_path / name / "split" / "None.test.inter").write_text(test_file)
+    assert main(["compare", "--a", a[1], "--b", b[0]]) == 2
+    assert "the written test splits differ" in capsys.readouterr().err
+
 
 def test_a_run_locked_by_another_sweep_is_waited_for_not_skipped(monkeypatch, tmp_path):
     """Tables 3 and 4 share runs (the full model, w/o t&v); two sweeps side by side must not train one run

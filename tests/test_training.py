@@ -67,6 +67,19 @@ def _cfg(model, tmp_path, **kw):
     return cfg
 
 
+def test_config_values_of_the_right_kind_pass_and_whole_floats_become_ints():
+    from multikg4rec.config import config_hash
+    a = load_config("kgat", "ml-100k", overrides={"epochs": 3.0, "reg_weight": 0, "threads": None,
+                                                   "layers": [32, 16]})
+    assert a["epochs"] == 3 and isinstance(a["epochs"], int) and a["reg_weight"] == 0 and a["layers"] == [32, 16]
+    assert config_hash(a) == config_hash(load_config("kgat", "ml-100k", overrides={"epochs": 3, "reg_weight": 0,
+                                                                                   "layers": [32, 16]}))
+    with pytest.raises(UserError, match="topk: expected a list"):
+        load_config("bprmf", "ml-100k", overrides={"topk": 20})
+    with pytest.raises(UserError, match="batch_size: expected a number"):
+        load_config("bprmf", "ml-100k", overrides={"batch_size": True})
+
+
 def test_config_hash_ignores_new_options_at_their_neutral_value(monkeypatch):
     """A key listed in NEUTRAL_VALUES leaves the run's name unchanged at that value (finished runs stay found)
     and changes it at any other value; every other key always counts."""
@@ -238,6 +251,12 @@ def test_cli_train_end_to_end(data_dir, tmp_path, capsys):
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--lr", "0.1"], "unknown option"),
     (["train", "--model", "bprmf", "--dataset", "no-such-data"], "dataset 'no-such-data' not found"),
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs"], "--epochs needs a value"),
+    (["train", "--model", "kgat", "--dataset", "ml-100k", "--layers", "[64,32"],
+     "layers: expected a list such as [64, 32, 16], got '[64,32'"),
+    (["train", "--model", "kgat", "--dataset", "ml-100k", "--layers", "64"], "layers: expected a list"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--learning_rate", "fast"],
+     "learning_rate: expected a number such as 0.001, got 'fast'"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs", "2.5"], "epochs: expected a whole number"),
 ])
 def test_cli_bad_input_is_one_line(data_dir, tmp_path, argv, message, capsys):
     rc = main(argv + ["--data-dir", str(data_dir), "--output-dir", str(tmp_path)])

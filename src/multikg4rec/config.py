@@ -87,10 +87,32 @@ def load_config(model: str, dataset: str, config_file: str | None = None,
         hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, allowed, 1)) else k
                  for k in unknown]
         raise UserError(f"unknown option(s) for model {model!r}: {', '.join(hints)}")
+    check_types(cfg, user)
     cfg.update(user)
     cfg["model"], cfg["dataset"] = model, dataset
     cfg["device"] = resolve_device(cfg.get("device"))
     return cfg
+
+
+def check_types(defaults: dict, user: dict) -> None:
+    """A value of the wrong kind for its key is a one-line error, not a traceback deep in a model: where the
+    packaged default is a list, the value must be a list (``--layers [64,32`` is a broken list, not a string);
+    where it is a number, a number (an integer where it is an integer). ``null`` is always accepted (it means
+    "off" or "default" for the keys that allow it); booleans are not checked (some keys take a word besides)."""
+    for key, value in user.items():
+        default = defaults.get(key)
+        if default is None or value is None or isinstance(default, bool):
+            continue
+        if isinstance(default, list) and not isinstance(value, list):
+            raise UserError(f"{key}: expected a list such as {yaml.safe_dump(default, default_flow_style=True).strip()}, "
+                            f"got {value!r}")
+        if isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserError(f"{key}: expected a number such as {default}, got {value!r}")
+            if isinstance(default, int) and isinstance(value, float):
+                if not value.is_integer():
+                    raise UserError(f"{key}: expected a whole number such as {default}, got {value!r}")
+                user[key] = int(value)                 # --epochs 3.0 is --epochs 3 (and the same run)
 
 
 def resolve_device(device) -> str:

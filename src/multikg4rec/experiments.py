@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import config_hash, load_config
 from .errors import Interrupted, RunBusy, UserError
+from .fingerprint import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -355,6 +356,27 @@ def paired_test(rows_a: list[dict], rows_b: list[dict]) -> dict | None:
     return {"n_pairs": int(len(d)), "mean_diff": float(d.mean()), "p_value": float(stat.pvalue)}
 
 
+def _split_identity(run_dir: Path, cfg: dict) -> dict:
+    """What decides a run's train/valid/test split: the dataset, the preprocessing keys that filter
+    interactions and the split seed, and, where the run kept it, the digest of its written test split."""
+    from .data.dataset import DATA_KEYS
+    ident = {"dataset": cfg.get("dataset")}
+    ident |= {k: cfg.get(k) for k in DATA_KEYS if k != "kg_hops"}   # kg_hops prunes triples, not interactions
+    ident["split_seed"] = cfg.get("split_seed") if cfg.get("split_seed") is not None else cfg.get("seed")
+    test = Path(run_dir) / "split" / f"{cfg.get('dataset')}.test.inter"
+    if test.is_file():
+        ident["test split file"] = file_digest(test)
+    return ident
+
+
+def _split_differences(a: dict, b: dict) -> dict:
+    """{key: (a's, b's)} where two split identities differ; the written split only where both runs kept it."""
+    keys = set(a) | set(b)
+    if not ("test split file" in a and "test split file" in b):
+        keys.discard("test split file")
+    return {k: (a.get(k), b.get(k)) for k in sorted(keys) if a.get(k) != b.get(k)}
+
+
 def compare_runs(a_dirs: list[Path], b_dirs: list[Path], metric: str = "ndcg@20") -> dict:
     """Paired comparison of two sets of finished runs (e.g. a model and a baseline over seeds), matched by the
     seed in each run's ``config.yaml``: test ``metric`` of each run, and a Wilcoxon signed-rank test on per-user
@@ -368,11 +390,19 @@ def compare_runs(a_dirs: list[Path], b_dirs: list[Path], metric: str = "ndcg@20"
         for d in map(Path, dirs):
             if not (d / "metrics.json").is_file() or not (d / "per_user_test.npz").is_file():
                 raise UserError(f"{d} is not a finished run (no metrics.json / per_user_test.npz)")
-            seed = int(yaml.safe_load((d / "config.yaml").read_text())["seed"])
-            out.append({"job": SimpleNamespace(seed=seed), "run_dir": d,
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            out.append({"job": SimpleNamespace(seed=int(cfg["seed"])), "run_dir": d, "split": _split_identity(d, cfg),
                         "test": json.loads((d / "metrics.json").read_text())["test"][metric]})
         return out
     ra, rb = rows(a_dirs), rows(b_dirs)
+    a_by_seed = {r["job"].seed: r for r in ra}
+    for r in rb:                                  # a paired test pairs a user's test items with the SAME ones
+        other = a_by_seed.get(r["job"].seed)
+        if other is not None and (diff := _split_differences(other["split"], r["split"])):
+            raise UserError(f"{other['run_dir']} and {r['run_dir']} are not on the same split ("
+                            + ", ".join("the written test splits differ" if k == "test split file" else
+                                        f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+                            + "): a paired test needs the same users' same test items")
     t = paired_test(ra, rb)
     if t is None:
         seeds = lambda rs: sorted(r["job"].seed for r in rs)  # noqa: E731
