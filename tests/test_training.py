@@ -257,12 +257,29 @@ def test_cli_train_end_to_end(data_dir, tmp_path, capsys):
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--learning_rate", "fast"],
      "learning_rate: expected a number such as 0.001, got 'fast'"),
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs", "2.5"], "epochs: expected a whole number"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--seed", "-1"], "seed: must be a whole number from 0"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs", "0"], "epochs: must be at least 1, got 0"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--learning_rate", "0"], "learning_rate: must be greater"),
+    (["train", "--model", "kgat", "--dataset", "ml-100k", "--mess_dropout", "1.5"], "mess_dropout: must be from 0 to 1"),
 ])
 def test_cli_bad_input_is_one_line(data_dir, tmp_path, argv, message, capsys):
     rc = main(argv + ["--data-dir", str(data_dir), "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not any(tmp_path.rglob("config.yaml"))  # nothing half-created
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["reproduce", "table2", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
+    (["tune", "--model", "bprmf", "--dataset", "ml-100k", "--budget", "0"], "argument --budget: must be at least 1"),
+    (["train", "--model", "bprmf", "--dataset", "ml-100k", "--threads", "two"], "--threads: expected a whole number"),
+])
+def test_cli_counts_below_one_are_usage_errors(argv, message, capsys, tmp_path):
+    """--seeds 0 used to plan an empty sweep and --budget 0 to end in 'no finished tuning runs'."""
+    with pytest.raises(SystemExit) as e:
+        main(argv + ["--output-dir", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 def test_cli_kg_model_on_dataset_without_kg(data_dir, tmp_path, capsys):

@@ -176,6 +176,17 @@ def cmd_tune(args, rest) -> int:
     return 0
 
 
+def _at_least_one(text: str) -> int:
+    """argparse type of counts (--seeds, --budget, --threads): a whole number >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="multikg4rec", description="Multi-KG4Rec and its baselines: knowledge graph + "
                                 "multimodal recommendation under one full-ranking protocol.")
@@ -194,7 +205,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--cache-dir", help="processed-data cache (default $MULTIKG4REC_CACHE or ~/.cache/multikg4rec)")
     t.add_argument("--output-dir", help="root of run directories (default ./runs)")
     t.add_argument("--run-dir", help="exact run directory (default <output-dir>/<dataset>/<model>/seed<S>-<hash>)")
-    t.add_argument("--threads", type=int, help="torch threads")
+    t.add_argument("--threads", type=_at_least_one, help="torch threads")
     t.add_argument("--restart", action="store_true", help="discard an existing checkpoint/result and start over")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     t.set_defaults(func=cmd_train)
@@ -249,7 +260,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "of background sweeps. Extra --key value options apply to every run.")
     r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "status"])
     r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
-    r.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
+    r.add_argument("--seeds", type=_at_least_one, default=5, help="seeds 0..N-1 (default 5)")
     r.add_argument("--models", nargs="+", help="table2 only: a subset of its models (the table keeps the rows "
                    "of earlier calls this one does not cover; delete results/<table>/runs.csv to start afresh)")
     r.add_argument("--results", default="results", help="output root (default ./results)")
@@ -261,7 +272,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     r.add_argument("--data-dir")
     r.add_argument("--cache-dir")
     r.add_argument("--output-dir", help="root of run directories (default ./runs)")
-    r.add_argument("--threads", type=int)
+    r.add_argument("--threads", type=_at_least_one)
     r.set_defaults(func=cmd_reproduce)
 
     c = sub.add_parser("compare", help="paired significance test between two sets of finished runs",
@@ -280,13 +291,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                     "results/tune/<model>_<dataset>.best.yaml (usable as --config).")
     tu.add_argument("--model", required=True)
     tu.add_argument("--dataset", required=True)
-    tu.add_argument("--budget", type=int, default=10)
+    tu.add_argument("--budget", type=_at_least_one, default=10,
+                    help="grid points to visit (default 10)")
     tu.add_argument("--seed", type=int, default=0)
     tu.add_argument("--results", default="results")
     tu.add_argument("--data-dir")
     tu.add_argument("--cache-dir")
     tu.add_argument("--output-dir")
-    tu.add_argument("--threads", type=int)
+    tu.add_argument("--threads", type=_at_least_one)
     tu.set_defaults(func=cmd_tune)
 
     try:

@@ -89,6 +89,7 @@ def load_config(model: str, dataset: str, config_file: str | None = None,
         raise UserError(f"unknown option(s) for model {model!r}: {', '.join(hints)}")
     check_types(cfg, user)
     cfg.update(user)
+    check_ranges(cfg)
     cfg["model"], cfg["dataset"] = model, dataset
     cfg["device"] = resolve_device(cfg.get("device"))
     return cfg
@@ -113,6 +114,29 @@ def check_types(defaults: dict, user: dict) -> None:
                 if not value.is_integer():
                     raise UserError(f"{key}: expected a whole number such as {default}, got {value!r}")
                 user[key] = int(value)                 # --epochs 3.0 is --epochs 3 (and the same run)
+
+
+#: key -> (smallest allowed value, largest or None, what to say); keys absent or null are not checked
+RANGES: dict[str, tuple[float, float | None, str]] = {
+    "seed": (0, 2 ** 32 - 1, "a whole number from 0 to 2**32 - 1 (numpy's seed range)"),
+    "split_seed": (0, 2 ** 32 - 1, "a whole number from 0 to 2**32 - 1 (numpy's seed range)"),
+    "epochs": (1, None, "at least 1"), "batch_size": (1, None, "at least 1"), "kg_batch_size": (1, None, "at least 1"),
+    "eval_batch_size": (1, None, "at least 1"), "eval_every": (1, None, "at least 1"),
+    "patience": (1, None, "at least 1"), "save_topk": (1, None, "at least 1"), "threads": (1, None, "at least 1"),
+    "embedding_size": (1, None, "at least 1"),
+    "learning_rate": (float.fromhex("0x1p-1074"), None, "greater than 0"),
+    "reg_weight": (0, None, "0 or more"), "kg_reg_weight": (0, None, "0 or more"), "weight_decay": (0, None, "0 or more"),
+    "mess_dropout": (0, 1, "from 0 to 1"), "fusion_dropout": (0, 1, "from 0 to 1"),
+}
+
+
+def check_ranges(cfg: dict) -> None:
+    """Values outside what their key means (a negative seed, zero epochs, a learning rate of 0) are a one-line
+    error here, before a run directory is made, not a traceback from numpy or an empty run."""
+    for key, (lo, hi, what) in RANGES.items():
+        v = cfg.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (v < lo or (hi is not None and v > hi)):
+            raise UserError(f"{key}: must be {what}, got {v!r}")
 
 
 def resolve_device(device) -> str:
