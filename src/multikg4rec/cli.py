@@ -70,6 +70,8 @@ def cmd_train(args, rest) -> int:
     for key in ("seed", "data_dir", "cache_dir", "output_dir", "threads"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.quiet:
+        overrides["quiet"] = True          # also the feature build's progress bars (not part of the run's hash)
     cfg = load_config(args.model.lower(), args.dataset, args.config, overrides)
     res = run(cfg, run_dir=args.run_dir, restart=args.restart, quiet=args.quiet)
     m = res.metrics

@@ -141,5 +141,5 @@ def load_model_features(dataset, cfg: dict) -> dict[str, tuple[torch.Tensor, tor
     missing = [m for m in mods if m not in store.modalities]
     if missing:
         raise UserError(f"encoder {cfg['encoder']!r} gives {dataset.name} the modalities {list(store.modalities)}, "
-                        f"not {missing}; set --modalities to a subset, e.g. --modalities '{list(store.modalities)}'")
+                        f"not {missing}; set --modalities to a subset, e.g. --modalities [{','.join(store.modalities)}]")
     return align_features(store, dataset, fill=cfg.get("feature_fill", "other_modality"), modalities=mods)

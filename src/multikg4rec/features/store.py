@@ -26,6 +26,7 @@ warning naming the entity, counted, and masked as missing.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -270,6 +271,24 @@ def _load_chunks(partial: Path, mod: str, dim: int) -> list[dict]:
     return chunks
 
 
+@contextlib.contextmanager
+def _library_bars(enabled: bool):
+    """Hugging Face's own progress bars (weights loading) on or off for the ``with`` block."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:                                  # transformers is only needed by some encoders
+        yield
+        return
+    was = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was and not enabled:
+            hf_logging.enable_progress_bar()
+
+
 def build_store(content: EntityContent, encoder: Encoder, cache_dir=None, batch_size: int = 32,
                 chunk_rows: int = 256, progress: bool = True, rebuild: bool = False) -> FeatureStore:
     """Encode ``content`` with ``encoder`` into the store (or load it when already built)."""
@@ -280,8 +299,9 @@ def build_store(content: EntityContent, encoder: Encoder, cache_dir=None, batch_
             raise UserError(f"modality name {m!r}: lower-case letters, digits, '-' or '_'")
     if not mods:
         raise UserError(f"{content.dataset}: no content for encoder {encoder.name!r} (it encodes "
-                        f"{list(encoder.modalities)}; the dataset has {list(content.modalities) or 'no text or images'}). "
-                        + " ".join(content.notes))
+                        f"{list(encoder.modalities)}; the dataset has {list(content.modalities) or 'no text or images'}): "
+                        + "; ".join(content.notes) + ". Add content (docs/data.md, 'Bring your own data'), or "
+                        "train on the graph alone with --modalities []")
     ident = encoder.identity()
     key = _key({"format": FORMAT_VERSION, "dataset": content.dataset, "encoder": ident,
                 "content": content.fingerprint(), "options": content.options, "modalities": mods})
@@ -298,7 +318,8 @@ def build_store(content: EntityContent, encoder: Encoder, cache_dir=None, batch_
             store.links = dict(content.links)
         return store
 
-    encoder.load()
+    with _library_bars(progress):                   # transformers' "Loading weights" bar obeys --quiet too
+        encoder.load()
     partial.mkdir(parents=True, exist_ok=True)
     (partial / "identity.json").write_text(json.dumps(ident, indent=1, default=str), encoding="utf-8")
     n = len(content)
