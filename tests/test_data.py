@@ -106,6 +106,14 @@ def test_users_with_fewer_than_three_warn(caplog):
     assert "lonely" not in set(ds2.user_tokens)
 
 
+def test_a_dataset_with_nothing_to_evaluate_is_a_user_error():
+    """Every user below 3 interactions: no valid or test pair, so every metric would be NaN (a run that 'finished'
+    with best epoch -1); the build says why instead."""
+    raw = _toy_raw(n_users=4, per_user=2)
+    with pytest.raises(UserError, match="nothing to validate or test on: no user has the 3 interactions"):
+        build_dataset(raw, {"seed": 0})
+
+
 # ---------------------------------------------------------------- atomic files and bad input
 
 def test_atomic_malformed_line_names_file_and_line(tmp_path):

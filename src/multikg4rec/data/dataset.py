@@ -260,6 +260,9 @@ def build_dataset(raw: RawDataset, cfg: dict) -> Dataset:
     u, i = u[order], i[order]
     seed = int(cfg.get("split_seed") if cfg.get("split_seed") is not None else cfg.get("seed", 2024))
     part = split_per_user(u, tuple(cfg.get("split_ratio") or (0.8, 0.1, 0.1)), seed)
+    if not ((part == 1).any() and (part == 2).any()):
+        raise UserError(f"{raw.name}: nothing to validate or test on: no user has the 3 interactions a train, a "
+                        f"valid and a test item need ({len(user_tok)} users, {len(u)} interactions)")
     pairs = np.stack([u, i], 1).astype(np.int64)
 
     # ---- entities and triples
