@@ -364,3 +364,10 @@ def test_recbole_compare_no_eval_trains_the_epochs_and_keeps_no_run(data_dir, tm
                                        "ours_result": compare._slim(m), "recbole_result": None,
                                        "command": "c", "date": "d", "machine": "m"}])
     assert "| bprmf / BPR | no evaluation | 0 | ours | - | - | - | - / 2 |" in line
+
+
+def test_cli_version(capsys):
+    from multikg4rec import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith(f"multikg4rec {__version__} (torch ")

@@ -10,11 +10,13 @@ import inspect
 import json
 import logging
 import os
+import platform
 import signal
 import sys
 from pathlib import Path
 
 from .config import CONFIG_ROOT, load_config, parse_value
+from . import __version__
 from .errors import UserError
 
 DATASETS_HELP = ("built-in layouts: ml-1m, lastfm-2k, amazon-book; any folder <data-dir>/<NAME>/ with RecBole atomic "
@@ -178,6 +180,14 @@ def cmd_tune(args, rest) -> int:
     return 0
 
 
+def _torch_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def _at_least_one(text: str) -> int:
     """argparse type of counts (--seeds, --budget, --threads): a whole number >= 1."""
     try:
@@ -192,6 +202,8 @@ def _at_least_one(text: str) -> int:
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="multikg4rec", description="Multi-KG4Rec and its baselines: knowledge graph + "
                                 "multimodal recommendation under one full-ranking protocol.")
+    p.add_argument("--version", action="version",
+                   version=f"%(prog)s {__version__} (torch {_torch_version()}, Python {platform.python_version()})")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model, evaluate on valid each epoch, report test metrics",
