@@ -24,6 +24,10 @@ through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/sp
   mapped (``train_method: after_pretrain``); the row records that BPR run under ``recbole_pretrain``.
   ``--set pretrain_path=null`` compares both from scratch (RecBole's default ``no_pretrain``).
 * ``--check-eval`` also scores RecBole's best model with OUR evaluator (bench/recbole/check_eval.py).
+* Resumable: RecBole's run keeps its state in ``bench/out/recbole/state/<run>/`` before every epoch
+  (``run_recbole.py --state-dir``); a killed ``compare.py`` started again with the same arguments reuses
+  our finished run and continues RecBole's from its last finished epoch, ending where an uninterrupted run
+  ends (``bench/recbole/check_resume.py``; ``resumed_from_epoch`` in the row says it happened).
 * The table is ``bench/results/recbole_<dataset>.md``. Rows accumulate across invocations: the file embeds
   its rows as JSON (an HTML comment) and a new result replaces the row of the same (model, seed,
   variant); each row's command, date and machine are listed under the table.
@@ -163,6 +167,10 @@ def run_recbole(recbole_model: str, run_dir: str, seed: int, args, extra: tuple[
         cmd += ["--epochs", str(args.epochs)]
     if args.no_eval and not pretrain:
         cmd += ["--no-eval"]
+    if not pretrain:   # resumable: a killed compare.py, run again, continues RecBole's run from its last epoch
+        tag = f"{recbole_model}-{Path(run_dir).name}-seed{seed}" + (f"-e{args.epochs}" if args.epochs else "") + \
+            ("-noeval" if args.no_eval else "")
+        cmd += ["--state-dir", str(ROOT / "bench" / "out" / "recbole" / "state" / tag)]
     if args.check_eval and not pretrain:
         cmd += ["--dump-scores", str(ROOT / "bench" / "out" / "recbole" / f"scores_{recbole_model}_{Path(run_dir).name}.npz")]
     cmd += list(extra)
@@ -340,7 +348,7 @@ def _slim(res: dict | None) -> dict | None:
     if not res:
         return None
     keep = ("test", "valid", "best_epoch", "epochs_run", "seconds_per_epoch", "peak_rss_mb", "run_dir", "threads",
-            "n_params", "config", "torch", "reused", "finished")
+            "resumed_from_epoch", "n_params", "config", "torch", "reused", "finished")
     out = {k: res.get(k) for k in keep if k in res}
     out["test"] = {m: res["test"].get(m) for m in METRICS}
     if "valid" in res:

@@ -253,6 +253,77 @@ def dump_scores(net, ds, config, path: Path) -> None:
                         items=np.asarray(ds.id2token(config["ITEM_ID_FIELD"], np.arange(1, n_items)), dtype=str))
 
 
+class ResumeState:
+    """Makes a RecBole run resumable (``--state-dir``). Before each epoch (so after the previous epoch's
+    validation) it saves what RecBole's own checkpoint lacks to continue exactly: the model and optimizer, the
+    plain tensor attributes of the model (KGAT's attention matrix), the epoch, RecBole's early-stopping state
+    (``cur_step``, ``best_valid_score``, ``best_valid_result``) and the
+    path of its best-model file, our timing and best-epoch records, and every random state an epoch draws
+    from (torch's and numpy's global generators, Python's, and the train loader's own shuffling generator).
+    A run restored from it continues as the uninterrupted run would (``bench/recbole/check_resume.py``
+    checks that). A state written under another config is not used (the run starts afresh, with a warning)."""
+
+    def __init__(self, path: Path, cfg: dict, trainer, train_data, epoch_seconds: list, best: dict):
+        self.path, self.trainer, self.train_data = path, trainer, train_data
+        self.epoch_seconds, self.best = epoch_seconds, best
+        # the run's identity: its RecBole config, less what changes between two calls of the same run
+        skip = {"data_path", "checkpoint_dir", "pre_model_path"}
+        self.key = json.dumps({k: v for k, v in cfg.items() if k not in skip}, sort_keys=True, default=str)
+        self.first_epoch = 0
+        self.resumed_from = None
+
+    def save_before(self, epoch_idx: int) -> None:
+        import random
+
+        import numpy as np
+        import torch
+        if epoch_idx <= self.first_epoch:          # nothing new since the start (or the restore)
+            return
+        t = self.trainer
+        state = {"key": self.key, "next_epoch": epoch_idx, "cur_step": t.cur_step,
+                 "best_valid_score": t.best_valid_score, "best_valid_result": t.best_valid_result,
+                 "saved_model_file": t.saved_model_file, "model": t.model.state_dict(),
+                 # state RecBole models keep as plain tensor attributes (KGAT's attention matrix A_in)
+                 "model_tensors": {k: v for k, v in vars(t.model).items() if isinstance(v, torch.Tensor)},
+                 "optimizer": t.optimizer.state_dict(), "train_loss_dict": dict(t.train_loss_dict),
+                 "epoch_seconds": list(self.epoch_seconds), "best_epoch": self.best.get("epoch"),
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                         "loader": self.train_data.generator.get_state()}}
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def restore(self) -> None:
+        import random
+
+        import numpy as np
+        import torch
+        if not self.path.is_file():
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("key") != self.key:
+            print(f"run_recbole: {self.path} was saved under another config; starting afresh", file=sys.stderr)
+            self.path.unlink()
+            return
+        t = self.trainer
+        t.model.load_state_dict(state["model"])
+        for k, v in state.get("model_tensors", {}).items():
+            setattr(t.model, k, v.to(t.device) if hasattr(t, "device") else v)
+        t.optimizer.load_state_dict(state["optimizer"])
+        t.start_epoch = self.first_epoch = self.resumed_from = state["next_epoch"]
+        t.cur_step, t.best_valid_score = state["cur_step"], state["best_valid_score"]
+        t.best_valid_result, t.saved_model_file = state["best_valid_result"], state["saved_model_file"]
+        t.train_loss_dict.update(state["train_loss_dict"])
+        self.epoch_seconds[:] = state["epoch_seconds"]
+        self.best["epoch"] = state["best_epoch"]
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
+        self.train_data.generator.set_state(state["rng"]["loader"])
+        print(f"run_recbole: resumed from {self.path} before epoch {state['next_epoch'] + 1} (1-based)",
+              file=sys.stderr, flush=True)
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -267,6 +338,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=None, help="default: our config's seed")
     ap.add_argument("--no-eval", action="store_true", help="train only (no validation, no test): seconds per "
                     "epoch and peak memory; the metrics are null")
+    ap.add_argument("--stop-before-epoch", type=int, default=None, metavar="N",
+                    help="with --state-dir: save the state before epoch N (1-based) and exit with status 3, as a "
+                         "kill would (bench/recbole/check_resume.py)")
+    ap.add_argument("--state-dir", default=None, help="a persistent work folder that makes the run resumable: "
+                    "the training state is saved there before every epoch, and a killed run started again with "
+                    "the same arguments continues from its last finished epoch (removed when the run ends)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--out", default="bench/out/recbole", help="folder for the JSON result")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
@@ -293,7 +370,12 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     kg = model in KG_MODELS
-    work = Path(tempfile.mkdtemp(prefix=f"recbole-{model}-{dataset}-"))
+    if args.state_dir:
+        work = Path(args.state_dir).resolve()
+        shutil.rmtree(work / "data", ignore_errors=True)      # the split links are made afresh each time
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        work = Path(tempfile.mkdtemp(prefix=f"recbole-{model}-{dataset}-"))
     data_path = build_data_path(run_dir / "split", dataset, kg, work)
     mapped, origin, left_default = map_config(model, ours)
     cfg = {"eval_step": 1}
@@ -343,9 +425,18 @@ def main(argv=None) -> dict:
     best = {"epoch": None}
     inner_train, inner_save = trainer._train_epoch, trainer._save_checkpoint
 
-    def timed_train_epoch(*a, **kw):
+    resume = ResumeState(work / "resume.pt", cfg, trainer, train_data, epoch_seconds, best) if args.state_dir else None
+    if resume is not None:
+        resume.restore()
+
+    def timed_train_epoch(train_data_, epoch_idx, *a, **kw):
+        if resume is not None:
+            resume.save_before(epoch_idx)
+            if args.stop_before_epoch is not None and epoch_idx + 1 >= args.stop_before_epoch:
+                print(f"run_recbole: stopped before epoch {epoch_idx + 1} (--stop-before-epoch)", file=sys.stderr)
+                sys.exit(3)
         t0 = time.perf_counter()
-        r = inner_train(*a, **kw)
+        r = inner_train(train_data_, epoch_idx, *a, **kw)
         epoch_seconds.append(time.perf_counter() - t0)
         return r
 
@@ -377,6 +468,7 @@ def main(argv=None) -> dict:
         "seconds_per_epoch": round(sum(epoch_seconds) / n_ep, 3) if n_ep else None,
         "train_seconds_total": round(sum(epoch_seconds), 1),
         "load_seconds": round(t_load, 1),
+        "resumed_from_epoch": resume.resumed_from if resume is not None else None,
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "n_params": int(sum(p.numel() for p in net.parameters())),
         "n_users": int(ds.user_num - 1), "n_items": int(ds.item_num - 1),
@@ -399,6 +491,8 @@ def main(argv=None) -> dict:
     print(line, flush=True)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+    elif resume is not None:
+        resume.path.unlink(missing_ok=True)   # finished: a later call with the same arguments starts afresh
     return result
 
 
