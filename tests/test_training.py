@@ -74,6 +74,9 @@ def test_config_values_of_the_right_kind_pass_and_whole_floats_become_ints():
     assert a["epochs"] == 3 and isinstance(a["epochs"], int) and a["reg_weight"] == 0 and a["layers"] == [32, 16]
     assert config_hash(a) == config_hash(load_config("kgat", "ml-100k", overrides={"epochs": 3, "reg_weight": 0,
                                                                                    "layers": [32, 16]}))
+    # YAML 1.1 reads 1e-5 (no dot) as a string: on the command line and in config files it is the number
+    b = load_config("kgat", "ml-100k", overrides={"reg_weight": "1e-5", "learning_rate": "5e-4", "epochs": "2e1"})
+    assert (b["reg_weight"], b["learning_rate"], b["epochs"]) == (1e-5, 5e-4, 20) and isinstance(b["epochs"], int)
     with pytest.raises(UserError, match="topk: expected a list"):
         load_config("bprmf", "ml-100k", overrides={"topk": 20})
     with pytest.raises(UserError, match="batch_size: expected a number"):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 
@@ -95,6 +96,9 @@ def load_config(model: str, dataset: str, config_file: str | None = None,
     return cfg
 
 
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
 def check_types(defaults: dict, user: dict) -> None:
     """A value of the wrong kind for its key is a one-line error, not a traceback deep in a model: where the
     packaged default is a list, the value must be a list (``--layers [64,32`` is a broken list, not a string);
@@ -108,6 +112,8 @@ def check_types(defaults: dict, user: dict) -> None:
             raise UserError(f"{key}: expected a list such as {yaml.safe_dump(default, default_flow_style=True).strip()}, "
                             f"got {value!r}")
         if isinstance(default, (int, float)):
+            if isinstance(value, str) and _NUMBER.match(value.strip()):
+                value = user[key] = float(value)       # YAML 1.1 reads 1e-5 (no dot) as a string
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserError(f"{key}: expected a number such as {default}, got {value!r}")
             if isinstance(default, int) and isinstance(value, float):
