@@ -8,7 +8,23 @@ import numpy as np
 import pytest
 
 from multikg4rec.cli import main
+from multikg4rec.errors import UserError
 from multikg4rec.experiments import GRID, collect, paired_test, table_jobs
+
+
+def test_a_dataset_without_kg_gets_the_collaborative_models_only(tmp_path, caplog):
+    """A user's catalogue with interactions alone: Table 2 lists the four collaborative models (with a warning
+    that says so), Tables 3 and 4 (Multi-KG4Rec variants) are a one-line error."""
+    from multikg4rec.experiments import KG_FREE
+    rows = "".join(f"u{u}\ti{(u * 7 + k) % 40}\n" for u in range(30) for k in range(6))
+    (tmp_path / "shop").mkdir()
+    (tmp_path / "shop" / "shop.inter").write_text("user_id:token\titem_id:token\n" + rows)
+    common = {"data_dir": str(tmp_path), "cache_dir": str(tmp_path / "cache")}
+    jobs = table_jobs("table2", ["shop"], [0, 1], common)
+    assert {j.model for j in jobs} == KG_FREE and len(jobs) == 2 * len(KG_FREE)
+    assert "shop has no knowledge graph: table2 runs its collaborative models only" in caplog.text
+    with pytest.raises(UserError, match="table3 compares Multi-KG4Rec variants, which need a knowledge graph"):
+        table_jobs("table3", ["shop"], [0], common)
 
 
 def test_table_jobs_cover_the_paper_ablations():
