@@ -264,6 +264,8 @@ def test_cli_train_end_to_end(data_dir, tmp_path, capsys):
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs", "0"], "epochs: must be at least 1, got 0"),
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--learning_rate", "0"], "learning_rate: must be greater"),
     (["train", "--model", "kgat", "--dataset", "ml-100k", "--mess_dropout", "1.5"], "mess_dropout: must be from 0 to 1"),
+    (["train", "--model", "kgat", "--dataset", "ml-100k", "--aggregator", "max"],
+     "kgat: unknown aggregator 'max'; choose one of"),
 ])
 def test_cli_bad_input_is_one_line(data_dir, tmp_path, argv, message, capsys):
     rc = main(argv + ["--data-dir", str(data_dir), "--output-dir", str(tmp_path)])

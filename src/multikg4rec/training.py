@@ -372,12 +372,13 @@ def build_model(cfg: dict, dataset: Dataset, features=None) -> Recommender:
     cls = get_model_class(cfg["model"])
     if cls.requires_kg and not dataset.has_kg:
         raise UserError(f"model {cfg['model']!r} needs a knowledge graph; dataset {dataset.name!r} has none")
-    if getattr(cls, "uses_features", False):
-        if features is None and cfg.get("features") != "random":
-            from .features import load_model_features
-            features = load_model_features(dataset, cfg)
-        return cls(dataset, cfg, features=features)
-    return cls(dataset, cfg)
+    if getattr(cls, "uses_features", False) and features is None and cfg.get("features") != "random":
+        from .features import load_model_features
+        features = load_model_features(dataset, cfg)
+    try:
+        return cls(dataset, cfg, features=features) if getattr(cls, "uses_features", False) else cls(dataset, cfg)
+    except ValueError as e:        # the layers check their arguments: from a config, that is bad input
+        raise UserError(f"{cfg['model']}: {e}") from None
 
 
 def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, quiet: bool = False,
