@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchlib import emit
+
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np, torch
@@ -92,10 +94,7 @@ def main() -> None:
                          f"{each} | "
                          f"{statistics.median(x['faults'] for x in xs):,.0f} | {max(x['rss_mb'] for x in xs):.0f} | "
                          f"{med / base:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        args.write.write_text(text, encoding="utf-8")
+    emit("\n".join(lines) + "\n", args.write)          # appends: the file keeps its earlier sections
 
 
 if __name__ == "__main__":
