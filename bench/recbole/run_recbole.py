@@ -261,7 +261,8 @@ class ResumeState:
     path of its best-model file, our timing and best-epoch records, and every random state an epoch draws
     from (torch's and numpy's global generators, Python's, and the train loader's own shuffling generator).
     A run restored from it continues as the uninterrupted run would (``bench/recbole/check_resume.py``
-    checks that). A state written under another config is not used (the run starts afresh, with a warning)."""
+    checks that). A state written under another config is not used (the run starts afresh, with a warning).
+    A resumed run's ``peak_rss_mb`` is its last process's; ``resumed_from_epoch`` (0-based) says it resumed."""
 
     def __init__(self, path: Path, cfg: dict, trainer, train_data, epoch_seconds: list, best: dict):
         self.path, self.trainer, self.train_data = path, trainer, train_data
