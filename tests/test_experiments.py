@@ -320,7 +320,7 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     text = plan(jobs, common, archive)
     lines = text.splitlines()
     assert lines[0] == ("5 runs: 1 finished, 4 to do; about 0.4 h of training at the speed the finished runs of the "
-                        "same kind recorded, or a part-done run its own (one run per core); 1 run(s) with no "
+                        "same kind recorded, or else at a part-done run's own pace (one run per core); 1 run(s) with no "
                         "finished run of their kind to estimate from")
     assert lines[1].split() == ["bprmf", "ml-100k", "seed", "0", "finished"]
     assert lines[2].split() == ["bprmf", "ml-100k", "seed", "1", "in", "progress", "(epoch", "30)", "~5", "min"]
@@ -358,6 +358,10 @@ def test_plan_bounds_a_part_done_run_of_a_new_kind_from_its_own_log(tmp_path):
     # 5 epochs x 60 s + (the validation after epoch 10 + the test) x 120 s = 540 s
     assert "<= ~9 min (its own epochs and validations, 5 epochs left to its cap)" in text.splitlines()[1]
     assert "about 0.1 h of training" in text.splitlines()[0] and "no finished run" not in text
+    # another seed of the same kind, not started: a whole run at that run's pace, 10 x 60 + (2 + 1) x 120 s
+    text = plan([job, Job("kgat", "kgat", "ml-100k", 1, {"epochs": 10, "eval_every": 5})], common)
+    assert text.splitlines()[2].split()[4:9] == ["to", "train", "<=", "~16", "min"]
+    assert f"(at the pace of {rd.name}: its epochs and validations, 10 epochs left" in text.splitlines()[2]
 
 
 def test_archived_result_wins_over_a_run_retrained_here_and_the_difference_is_reported(tmp_path, caplog):

@@ -271,6 +271,9 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
         states.append((job, rd, f"in progress (epoch {epochs})" if epochs else "to train", epochs))
     lines, total, unknown = [], 0.0, 0
     width = max((len(j.label) for j in jobs), default=0)
+
+    def key_of(j):
+        return (j.model, j.label, j.dataset)
     seen = set()
     for job, rd, state, epochs in states:
         if rd in seen:                                    # tables 3 and 4 list the full model and w/o t&v twice
@@ -291,6 +294,12 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
                 left, note = own                          # e.g. the first ConvNCF run on ml-1m, part-way
                 total += left
                 eta = f"<= ~{left / 60:.0f} min ({note})"
+            elif not epochs and (pacer := next((r for j, r, st, e in states if e and r != rd and
+                                                (j.model, j.label, j.dataset) == key_of(job)), None)) is not None \
+                    and (own := _own_pace(pacer, job.config(common), 0)) is not None:
+                left, note = own                          # ConvNCF seeds 1-2 on ml-1m, paced by seed 0
+                total += left
+                eta = f"<= ~{left / 60:.0f} min (at the pace of {pacer.name}: " + note.replace("its own", "its") + ")"
             else:
                 unknown += 1
                 eta = "(no estimate)"
@@ -300,7 +309,7 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
     head = f"{len(seen)} runs: {n_done} finished, {len(seen) - n_done} to do"
     if len(seen) - n_done > unknown:
         head += (f"; about {total / 3600:.1f} h of training at the speed the finished runs of the same kind "
-                 "recorded, or a part-done run its own (one run per core)")
+                 "recorded, or else at a part-done run's own pace (one run per core)")
     if unknown:
         head += f"; {unknown} run(s) with no finished run of their kind to estimate from"
     return "\n".join([head, *lines])
