@@ -256,7 +256,7 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
     same model and dataset under other labels (said so), else, for a part-done run, as an upper bound from
     its own log (``_own_pace``). Trains nothing."""
     from .training import default_run_dir
-    states, spent = [], {}
+    states, spent, pacers = [], {}, {}
     for job in jobs:
         rd = default_run_dir(job.config(common))
         done = finished_dir(rd, archive)
@@ -268,12 +268,11 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
             states.append((job, rd, "finished", None))
             continue
         epochs = len(_log_entries(rd))
+        if epochs:
+            pacers.setdefault(key, rd)                    # a part-done run paces the unstarted ones of its kind
         states.append((job, rd, f"in progress (epoch {epochs})" if epochs else "to train", epochs))
     lines, total, unknown = [], 0.0, 0
     width = max((len(j.label) for j in jobs), default=0)
-
-    def key_of(j):
-        return (j.model, j.label, j.dataset)
     seen = set()
     for job, rd, state, epochs in states:
         if rd in seen:                                    # tables 3 and 4 list the full model and w/o t&v twice
@@ -281,7 +280,9 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
         seen.add(rd)
         eta = ""
         if epochs is not None:
-            past = spent.get((job.model, job.label, job.dataset))
+            key = (job.model, job.label, job.dataset)
+            pacer = rd if epochs else pacers.get(key)
+            past = spent.get(key)
             other = not past                              # e.g. t2v: estimate from the model's other variants
             if other:
                 past = [x for (m, _, d), runs in spent.items() if (m, d) == (job.model, job.dataset) for x in runs]
@@ -290,16 +291,12 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
                 left = secs * max(0.0, 1 - epochs / float(np.median([e for _, e in past])))
                 total += left
                 eta = f"~{left / 60:.0f} min" + (" (from other variants of the model)" if other else "")
-            elif (own := _own_pace(rd, job.config(common), epochs)) is not None:
-                left, note = own                          # e.g. the first ConvNCF run on ml-1m, part-way
+            elif pacer is not None and (own := _own_pace(pacer, job.config(common), epochs)) is not None:
+                left, note = own       # the first ConvNCF run on ml-1m, part-way; seeds 1-2 at seed 0's pace
+                if pacer != rd:
+                    note = f"at the pace of {pacer.name}: " + note.replace("its own", "its")
                 total += left
                 eta = f"<= ~{left / 60:.0f} min ({note})"
-            elif not epochs and (pacer := next((r for j, r, st, e in states if e and r != rd and
-                                                (j.model, j.label, j.dataset) == key_of(job)), None)) is not None \
-                    and (own := _own_pace(pacer, job.config(common), 0)) is not None:
-                left, note = own                          # ConvNCF seeds 1-2 on ml-1m, paced by seed 0
-                total += left
-                eta = f"<= ~{left / 60:.0f} min (at the pace of {pacer.name}: " + note.replace("its own", "its") + ")"
             else:
                 unknown += 1
                 eta = "(no estimate)"
