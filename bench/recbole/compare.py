@@ -61,18 +61,14 @@ ROWS_TAG = "<!-- recbole-compare rows:"
 # --------------------------------------------------------------------------- child: one run of ours
 def _ours_child(spec: dict) -> None:
     """In a fresh process: train (or read) one run of ours, or only write its split; print a JSON line."""
-    from multikg4rec.config import dump_config, load_config
-    from multikg4rec.training import default_run_dir, run, write_split
+    from multikg4rec.config import load_config
+    from multikg4rec.training import default_run_dir, run
 
     cfg = load_config(spec["model"], spec["dataset"], overrides=spec["overrides"])
     if spec["split_only"]:
-        from multikg4rec.data import load_dataset
         run_dir = default_run_dir(cfg)
         if not (run_dir / "split").is_dir() or not (run_dir / "config.yaml").is_file():
-            ds = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
-            run_dir.mkdir(parents=True, exist_ok=True)
-            dump_config(cfg, run_dir / "config.yaml")
-            write_split(ds, run_dir / "split")
+            _write_run_split(cfg, _load(cfg))
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     elif spec.get("no_eval"):
@@ -94,6 +90,22 @@ def _ours_child(spec: dict) -> None:
     print(json.dumps(out, default=str), flush=True)
 
 
+def _load(cfg: dict):
+    from multikg4rec.data import load_dataset
+    return load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+
+
+def _write_run_split(cfg: dict, ds) -> Path:
+    """The run directory ours would use, with only its ``config.yaml`` and ``split/`` (what RecBole reads)."""
+    from multikg4rec.config import dump_config
+    from multikg4rec.training import default_run_dir, write_split
+    run_dir = default_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    write_split(ds, run_dir / "split")
+    return run_dir
+
+
 def _ours_timing(cfg: dict) -> tuple[Path, dict]:
     """``--no-eval``: ``cfg['epochs']`` training epochs of ours (``Trainer.train_epoch``, the same epoch ``fit``
     runs), no validation or test. Writes the run directory's ``config.yaml`` and ``split/`` for RecBole; the
@@ -102,23 +114,17 @@ def _ours_timing(cfg: dict) -> tuple[Path, dict]:
 
     import torch
     from multikg4rec import runtime
-    from multikg4rec.config import dump_config
-    from multikg4rec.data import load_dataset
     from multikg4rec.models import get_model_class
-    from multikg4rec.training import (Trainer, build_model, default_run_dir, peak_rss_mb, reset_peak_rss, run,
-                                      seed_everything, write_split)
+    from multikg4rec.training import Trainer, build_model, peak_rss_mb, reset_peak_rss, run, seed_everything
 
     for pre in get_model_class(cfg["model"]).prerequisites(cfg):      # ConvNCF: its BPR-MF initialisation
         run(pre, quiet=True)
     runtime.configure(cfg)
     reset_peak_rss()
     seed_everything(cfg["seed"])
-    ds = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    ds = _load(cfg)
     model = build_model(cfg, ds)
-    run_dir = default_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    write_split(ds, run_dir / "split")
+    run_dir = _write_run_split(cfg, ds)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, ds, cfg, Path(tmp), quiet=True)
         secs = [trainer.train_epoch()["train_seconds"] for _ in range(int(cfg["epochs"]))]
