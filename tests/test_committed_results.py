@@ -81,3 +81,23 @@ def test_recbole_comparison_tables_are_rendered_from_their_recorded_runs(path):
     rows = compare.read_rows(md)
     assert rows, f"{path} holds no recorded runs"
     assert compare.render(md.stem.split("_", 1)[1], rows) == md.read_text()
+
+
+def test_every_archived_run_config_still_loads_under_its_own_name():
+    """The config checks (types, ranges) and any new option must not reject or rename an archived run: each
+    results/**/config.yaml, passed back as overrides, loads and hashes to its directory's name, so sweeps keep
+    finding it. (Run directories named under an older hash are skipped: the archive keeps a few.)"""
+    import yaml
+
+    from multikg4rec.config import config_hash, load_config
+    checked = 0
+    for path in sorted((REPO / "results").rglob("config.yaml")):
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+        name_hash = path.parent.name.rsplit("-", 1)[-1]
+        if config_hash(cfg) != name_hash:
+            continue
+        again = load_config(cfg["model"], cfg["dataset"],
+                            overrides={k: v for k, v in cfg.items() if k not in ("model", "dataset")})
+        assert config_hash(again) == name_hash, path
+        checked += 1
+    assert checked > 100
