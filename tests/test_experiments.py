@@ -100,6 +100,31 @@ def test_reproduce_sweep_is_resumable_and_tabulates(data_dir, tmp_path, capsys):
     assert len(list(csv.DictReader(open(out / "runs.csv")))) == 4    # nothing was trained by --summarize
 
 
+def test_reproduce_jobs_trains_runs_side_by_side_each_once(data_dir, tmp_path, capfd):
+    """`reproduce --jobs 2`: a spawned worker and this process share one sweep through the run locks; every
+    run is trained by exactly one of them (one epoch in its log, not two), the worker trains some, and the
+    table is written once, after both are done."""
+    argv = ["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "2", "--models", "bprmf", "lightgcn",
+            "--results", str(tmp_path / "res"), "--output-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
+            "--cache-dir", str(tmp_path / "c"), "--epochs", "1", "--embedding_size", "16", "--jobs", "2"]
+    assert main(argv) == 0
+    out = capfd.readouterr()
+    text = out.out + out.err
+    by_worker = [line for line in text.splitlines() if line.startswith("[worker 1] training ")]
+    assert 1 <= len(by_worker) <= 3, text                   # the worker took part, and did not take them all
+    logs = sorted((tmp_path / "runs").rglob("log.jsonl"))
+    assert len(logs) == 4
+    for log in logs:                                         # trained once: one epoch, one validation
+        assert [json.loads(line)["epoch"] for line in log.read_text().splitlines()] == [1]
+    rows = list(csv.DictReader(open(tmp_path / "res" / "table2" / "runs.csv")))
+    assert sorted((r["model"], r["seed"]) for r in rows) == [("bprmf", "0"), ("bprmf", "1"),
+                                                              ("lightgcn", "0"), ("lightgcn", "1")]
+    worker_status = json.loads((tmp_path / "res" / "table2" / "status.w1.json").read_text())
+    assert worker_status["finished"] and worker_status["done"] == 4
+    from multikg4rec.experiments import status
+    assert status("table2", tmp_path / "res").startswith("table2: 4/4 runs done; finished ")
+
+
 def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):
     """Ctrl-C / SIGTERM in one run must stop the sweep (the run keeps its checkpoint), not skip to the next run;
     a plain UserError (bad config for one job) is skipped."""
@@ -231,7 +256,7 @@ def test_a_run_locked_by_another_sweep_is_waited_for_not_skipped(monkeypatch, tm
     import threading
     threading.Timer(0.5, holder.close).start()          # ... and finishes it half a second later
     rows = run_jobs(jobs, common)
-    assert calls == ["lightgcn", "bprmf", "lightgcn"]   # deferred, the free run went first, then came back
+    assert calls == ["bprmf", "lightgcn"]   # seen locked before loading anything, deferred; the free run first
     assert [r["metrics"]["model"] for r in rows] == ["bprmf", "lightgcn"]
 
 
@@ -299,6 +324,47 @@ def test_sweep_trains_convncfs_bprmf_initialisation_when_only_its_archive_is_her
     (pre / "best_model.pt").write_bytes(b"")
     assert prerequisites(cfg) == []                     # present here: nothing to train
     assert prerequisites({**cfg, "pretrain_path": None}) == []
+
+
+def test_a_run_whose_prerequisite_is_locked_waits_on_the_prerequisite(monkeypatch, tmp_path):
+    """ConvNCF's BPR-MF initialisation being trained by another worker: the sweep defers ConvNCF and waits on
+    BPR-MF's lock (ConvNCF's own run directory does not exist yet), then trains ConvNCF."""
+    import fcntl
+    import threading
+
+    from multikg4rec import training
+    from multikg4rec.errors import RunBusy
+    from multikg4rec.experiments import Job, run_jobs
+    from multikg4rec.models.convncf import bprmf_config
+
+    common = {"output_dir": str(tmp_path)}
+    job = Job("convncf", "convncf", "ml-100k", 1)
+    pre = training.default_run_dir(bprmf_config(job.config(common)))
+    pre.mkdir(parents=True)
+    calls = []
+
+    def fake_run(cfg, quiet=True):
+        rd = training.default_run_dir(cfg)
+        rd.mkdir(parents=True, exist_ok=True)
+        with open(rd / ".lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RunBusy(f"{rd} is in use", rd) from None
+            calls.append(cfg["model"])
+            if cfg["model"] == "bprmf":
+                (rd / "best_model.pt").write_bytes(b"")
+        return training.RunResult(rd, {"model": cfg["model"]})
+
+    monkeypatch.setattr(training, "run", fake_run)
+    holder = open(pre / ".lock", "a")
+    fcntl.flock(holder, fcntl.LOCK_EX)                   # "another worker" trains BPR-MF seed 1 ...
+    def finish():
+        (pre / "best_model.pt").write_bytes(b"")         # ... and finishes it
+        holder.close()
+    threading.Timer(0.5, finish).start()
+    rows = run_jobs([job], common)
+    assert calls == ["convncf"] and [r["metrics"]["model"] for r in rows] == ["convncf"]
 
 
 def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs(tmp_path, capsys):

@@ -161,8 +161,12 @@ def cmd_reproduce(args, rest) -> int:
         return launch_background(argv, Path(args.results) / args.table)
     datasets = args.datasets or ["ml-100k", "ml-1m"]
     command = "multikg4rec " + " ".join(a for a in (args.argv or []) if a != "--background")
-    reproduce(args.table, datasets, args.seeds, _common_overrides(args, rest), Path(args.results),
-              models=args.models, only_summarize=args.summarize, command=command, only_plan=args.plan)
+    common = _common_overrides(args, rest)
+    if args.jobs > 1 and "threads" not in common:       # N runs at once share the cores
+        common["threads"] = max(1, (os.cpu_count() or 1) // args.jobs)
+    reproduce(args.table, datasets, args.seeds, common, Path(args.results),
+              models=args.models, only_summarize=args.summarize, command=command, only_plan=args.plan,
+              jobs_at_once=args.jobs)
     return 0
 
 
@@ -283,6 +287,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="list the runs the sweep needs (finished / in progress / to train) and the minutes each "
                         "should take, estimated from finished runs of the same kind; train nothing")
     r.add_argument("--background", action="store_true", help="run detached; log in results/<table>/sweep.log")
+    r.add_argument("--jobs", type=_at_least_one, default=1,
+                   help="train up to N runs at once, in N processes that share the sweep (a run is trained by "
+                        "one of them; the others skip it). Each gets --threads, default cores // N; on a shared "
+                        "machine --jobs <cores> --threads 1 is fastest (default 1)")
     r.add_argument("--data-dir")
     r.add_argument("--cache-dir")
     r.add_argument("--output-dir", help="root of run directories (default ./runs)")

@@ -18,4 +18,9 @@ class Interrupted(UserError):
 class RunBusy(UserError):
     """The run directory is locked by another live process (a second sweep over the same run, say).
 
-    A sweep defers such a run and waits for the other process to finish it."""
+    A sweep defers such a run and waits for the other process to finish it (``run_dir``: the locked directory,
+    which may be a prerequisite's, e.g. ConvNCF's BPR-MF initialisation)."""
+
+    def __init__(self, message: str, run_dir=None):
+        super().__init__(message)
+        self.run_dir = run_dir

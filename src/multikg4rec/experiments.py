@@ -171,14 +171,16 @@ def archive_runs(rows: list[dict], archive: Path) -> None:
 
 
 def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file: Path | None = None,
-             archive: Path | None = None) -> list[dict]:
+             archive: Path | None = None, worker: int | None = None) -> list[dict]:
     """Run every job not finished yet (in the run directories or the ``archive``), one after another;
-    a failing job is logged and skipped."""
+    a failing job is logged and skipped. ``worker``: this is extra worker ``k`` of ``reproduce --jobs``
+    (no progress bar of its own; its messages say which worker)."""
     from tqdm.auto import tqdm
 
     from .models import get_model_class
     from .training import default_run_dir, run
     rows = []
+    say = tqdm.write if worker is None else (lambda msg: tqdm.write(f"[worker {worker}] {msg}"))
 
     def report(i: int, running=None, **extra) -> None:
         # ``i`` jobs are behind us (finished or skipped); the pid lets `reproduce status` tell a live sweep,
@@ -191,7 +193,7 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         """Train ``job`` (its prerequisites first) and keep its row; RunBusy propagates to the caller."""
         try:
             for pre in get_model_class(cfg["model"]).prerequisites(cfg):  # e.g. ConvNCF's BPR-MF initialisation
-                tqdm.write(f"{job.label} on {job.dataset} seed {job.seed} needs {pre['model']} first: training it")
+                say(f"{job.label} on {job.dataset} seed {job.seed} needs {pre['model']} first: training it")
                 run(pre, quiet=quiet_runs)
             res = run(cfg, quiet=quiet_runs)
         except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
@@ -200,12 +202,12 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         except RunBusy:
             raise
         except UserError as e:
-            tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
+            say(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
             return
         rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
 
     busy: list[tuple[int, Job, dict, Path]] = []
-    bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True)
+    bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True, disable=worker is not None)
     for i, job in enumerate(bar):
         cfg = job.config(common)
         rd = default_run_dir(cfg)
@@ -213,23 +215,31 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         if done is not None and done != rd:               # finished on another machine: read, do not retrain
             rows.append({"job": job, "run_dir": done, "metrics": json.loads((done / "metrics.json").read_text())})
             continue
+        if done is not None:
+            attempt(i, job, cfg)                          # finished here: read back at once
+            continue
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
         report(i, [job.label, job.dataset, job.seed, str(rd)])
         try:
+            if run_dir_busy(rd):                          # cheap probe before loading the data
+                raise RunBusy(f"{rd} is in use by another running process", rd)
+            if worker is not None:
+                say(f"training {job.label} on {job.dataset} seed {job.seed}")
             attempt(i, job, cfg)
-        except RunBusy:                           # another sweep (table 3 beside table 4) is training it
-            tqdm.write(f"{job.label} on {job.dataset} seed {job.seed} is being trained by another process; "
-                       "coming back to it at the end")
-            busy.append((i, job, cfg, rd))
-    for i, job, cfg, rd in busy:                  # wait for the other process, then read (or resume) the run
-        report(len(jobs) - len(busy), [job.label, job.dataset, job.seed, str(rd)], waiting=True)
-        with open(rd / ".lock", "a") as lock:
+        except RunBusy as e:                      # another sweep or worker (table 3 beside table 4) is training it
+            if worker is None:
+                say(f"{job.label} on {job.dataset} seed {job.seed} is being trained by another process; "
+                    "coming back to it at the end")
+            busy.append((i, job, cfg, Path(e.run_dir or rd)))   # the locked dir: this run's or a prerequisite's
+    for i, job, cfg, locked in busy:              # wait for the other process, then read (or resume) the run
+        report(len(jobs) - len(busy), [job.label, job.dataset, job.seed, str(locked)], waiting=True)
+        with open(locked / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)      # blocks until the other process lets go of the run
             fcntl.flock(lock, fcntl.LOCK_UN)
         try:
             attempt(i, job, cfg)
         except RunBusy as e:                      # taken again in between by yet another process
-            tqdm.write(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
+            say(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
     report(len(jobs), finished=True)
     return rows
 
@@ -623,9 +633,64 @@ def tune(model: str, dataset: str, budget: int, common: dict, out_root: Path = P
 
 # --------------------------------------------------------------------------- entry points
 
+def run_dir_busy(run_dir: Path) -> bool:
+    """Whether another live process holds ``run_dir``'s lock (the one ``training.run`` takes). A probe only:
+    ``training.run`` takes the lock for real and raises ``RunBusy`` if it lost a race."""
+    lock_file = Path(run_dir) / ".lock"
+    if not lock_file.is_file():
+        return False
+    with open(lock_file, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+def _sweep_worker(jobs: list[Job], common: dict, status_file: Path, archive: Path | None, worker: int) -> None:
+    """Entry point of one extra worker process of ``reproduce --jobs N`` (started with ``spawn``)."""
+    import signal
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill -> the run keeps its last epoch
+    logging.basicConfig(level=logging.WARNING, format=f"warning [worker {worker}]: %(message)s")
+    try:
+        run_jobs(jobs, common, status_file=status_file, archive=archive, worker=worker)
+    except (KeyboardInterrupt, Interrupted):
+        sys.exit(130)
+
+
+def run_jobs_parallel(jobs: list[Job], common: dict, n_workers: int, status_file: Path,
+                      archive: Path | None = None) -> None:
+    """``reproduce --jobs N``: N processes work through the same job list at once. They share it through the
+    run-directory locks: a process skips a run another one is training and comes back to it at the end (to read
+    its result, or to train it if that process died), so every run is trained once. This process is worker 0;
+    workers 1..N-1 are spawned and write ``status.w<k>.json`` beside ``status_file``. Ctrl-C / kill stops them
+    all, each keeping its run's last finished epoch."""
+    import multiprocessing as mp
+    ctx = mp.get_context("spawn")                 # not fork: torch's thread pools do not survive a fork
+    procs = []
+    for k in range(1, n_workers):
+        p = ctx.Process(target=_sweep_worker, name=f"sweep-worker-{k}",
+                        args=(jobs, common, status_file.with_name(f"status.w{k}.json"), archive, k))
+        p.start()
+        procs.append(p)
+        time.sleep(1.0)                           # stagger: each worker claims a different first run
+    try:
+        run_jobs(jobs, common, status_file=status_file, archive=archive)
+    finally:
+        for p in procs:
+            if p.is_alive() and sys.exc_info()[0] is not None:
+                p.terminate()                     # SIGTERM: the worker's run stops after keeping its checkpoint
+        for p in procs:
+            p.join()
+            if p.exitcode not in (0, 130, -15):
+                log.warning(f"sweep worker {p.name} exited with code {p.exitcode}; its runs were taken over "
+                            "or are left to the next call")
+
+
 def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_root: Path = Path("results"),
               models: list[str] | None = None, only_summarize: bool = False, command: str | None = None,
-              only_plan: bool = False) -> Path:
+              only_plan: bool = False, jobs_at_once: int = 1) -> Path:
     out = out_root / table
     out.mkdir(parents=True, exist_ok=True)
     seed_list = list(range(seeds))
@@ -638,7 +703,12 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
         print(plan(jobs, common, archive))
         return out
     if not only_summarize:
-        run_jobs(jobs, common, status_file=out / "status.json", archive=archive)
+        for f in out.glob("status.w*.json"):      # workers of an earlier call
+            f.unlink()
+        if jobs_at_once > 1:
+            run_jobs_parallel(jobs, common, jobs_at_once, out / "status.json", archive)
+        else:
+            run_jobs(jobs, common, status_file=out / "status.json", archive=archive)
     rows = collect(jobs, common, archive)
     if not rows:
         raise UserError(f"no finished runs for {table} yet")
@@ -708,13 +778,7 @@ def status(table: str, out_root: Path = Path("results")) -> str:
     pid_f = out_root / table / "sweep.pid"
     if pid_f.is_file():
         pids.append(pid_f.read_text().strip())
-    alive = False
-    for pid in pids:
-        try:
-            os.kill(int(pid), 0)
-            alive = True
-        except (OSError, TypeError, ValueError):
-            pass
+    alive = any(_alive(pid) for pid in pids)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(s.get("time", 0)))
     if s.get("finished"):
         state = f"finished {when}"
@@ -724,13 +788,31 @@ def status(table: str, out_root: Path = Path("results")) -> str:
         state = "sweep process alive"
     else:
         state = f"sweep process gone since {when} (killed?); the same command resumes it"
-    run = ""
-    if s.get("running") and alive:
-        verb = "waiting for another process to finish" if s.get("waiting") else "running"
-        run = f"; {verb} {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}"
-        if len(s["running"]) > 3:
-            run += _run_progress(Path(s["running"][3]), s.get("time"))
+    run = _running(s) if alive else ""
+    for wf in sorted((out_root / table).glob("status.w*.json")):     # the other workers of `--jobs N`
+        w = json.loads(wf.read_text())
+        if alive and not w.get("finished") and w.get("running") and _alive(w.get("pid")):
+            run += f"; worker {wf.stem.split('.w')[-1]}:{_running(w)[1:]}"
     return f"{table}: {s['done']}/{s['total']} runs done{run}; {state}"
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _running(s: dict) -> str:
+    """"; running <model> on <dataset> seed <S> (epoch ...)" of one status file, or ""."""
+    if not s.get("running"):
+        return ""
+    verb = "waiting for another process to finish" if s.get("waiting") else "running"
+    out = f"; {verb} {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}"
+    if len(s["running"]) > 3:
+        out += _run_progress(Path(s["running"][3]), s.get("time"))
+    return out
 
 
 def _log_entries(run_dir: Path) -> list[dict]:

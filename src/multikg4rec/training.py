@@ -404,7 +404,7 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise RunBusy(f"{run_dir} is in use by another running process") from None
+        raise RunBusy(f"{run_dir} is in use by another running process", run_dir) from None
     if done.is_file() and not restart:                             # finished by that process meanwhile
         return RunResult(run_dir, json.loads(done.read_text()))
     if restart:
