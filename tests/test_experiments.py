@@ -125,6 +125,18 @@ def test_reproduce_jobs_trains_runs_side_by_side_each_once(data_dir, tmp_path, c
     assert status("table2", tmp_path / "res").startswith("table2: 4/4 runs done; finished ")
 
 
+def test_tune_visits_grid_points_in_parallel_and_chooses_on_valid(data_dir, tmp_path):
+    argv = ["tune", "--model", "bprmf", "--dataset", "ml-100k", "--budget", "2", "--jobs", "2",
+            "--results", str(tmp_path / "res"), "--output-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
+            "--cache-dir", str(tmp_path / "c"), "--epochs", "1", "--embedding_size", "16"]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(open(tmp_path / "res" / "tune" / "bprmf_ml-100k.csv")))
+    assert len(rows) == 2 and len({(r["batch_size"], r["learning_rate"], r["reg_weight"]) for r in rows}) == 2
+    import yaml
+    best = yaml.safe_load((tmp_path / "res" / "tune" / "bprmf_ml-100k.best.yaml").read_text())
+    assert best["_valid_ndcg@20"] == max(float(r["valid_ndcg@20"]) for r in rows) and best["_points_tried"] == 2
+
+
 def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):
     """Ctrl-C / SIGTERM in one run must stop the sweep (the run keeps its checkpoint), not skip to the next run;
     a plain UserError (bad config for one job) is skipped."""

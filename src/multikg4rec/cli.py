@@ -150,6 +150,21 @@ def _common_overrides(args, rest) -> dict:
     return common
 
 
+def _sweep_overrides(args, rest) -> dict:
+    """_common_overrides of a sweep; with --jobs N and no --threads, each run gets cores // N threads."""
+    common = _common_overrides(args, rest)
+    if args.jobs > 1 and "threads" not in common:
+        common["threads"] = max(1, (os.cpu_count() or 1) // args.jobs)
+    return common
+
+
+def _add_jobs_argument(p) -> None:
+    p.add_argument("--jobs", type=_at_least_one, default=1,
+                   help="train up to N runs at once, in N processes that share the sweep (a run is trained by "
+                        "one of them; the others skip it); each run gets --threads (default: cores // N). "
+                        "Default 1")
+
+
 def cmd_reproduce(args, rest) -> int:
     from .experiments import launch_background, reproduce, status
     if args.table == "status":
@@ -161,9 +176,7 @@ def cmd_reproduce(args, rest) -> int:
         return launch_background(argv, Path(args.results) / args.table)
     datasets = args.datasets or ["ml-100k", "ml-1m"]
     command = "multikg4rec " + " ".join(a for a in (args.argv or []) if a != "--background")
-    common = _common_overrides(args, rest)
-    if args.jobs > 1 and "threads" not in common:       # N runs at once share the cores
-        common["threads"] = max(1, (os.cpu_count() or 1) // args.jobs)
+    common = _sweep_overrides(args, rest)
     reproduce(args.table, datasets, args.seeds, common, Path(args.results),
               models=args.models, only_summarize=args.summarize, command=command, only_plan=args.plan,
               jobs_at_once=args.jobs)
@@ -178,8 +191,8 @@ def cmd_compare(args, rest) -> int:
 
 def cmd_tune(args, rest) -> int:
     from .experiments import tune
-    best = tune(args.model, args.dataset, args.budget, _common_overrides(args, rest), Path(args.results),
-                seed=args.seed)
+    best = tune(args.model, args.dataset, args.budget, _sweep_overrides(args, rest), Path(args.results),
+                seed=args.seed, jobs_at_once=args.jobs)
     print(json.dumps({"best (chosen on valid NDCG@20)": best}))
     return 0
 
@@ -287,10 +300,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="list the runs the sweep needs (finished / in progress / to train) and the minutes each "
                         "should take, estimated from finished runs of the same kind; train nothing")
     r.add_argument("--background", action="store_true", help="run detached; log in results/<table>/sweep.log")
-    r.add_argument("--jobs", type=_at_least_one, default=1,
-                   help="train up to N runs at once, in N processes that share the sweep (a run is trained by "
-                        "one of them; the others skip it). Each gets --threads, default cores // N; on a shared "
-                        "machine --jobs <cores> --threads 1 is fastest (default 1)")
+    _add_jobs_argument(r)
     r.add_argument("--data-dir")
     r.add_argument("--cache-dir")
     r.add_argument("--output-dir", help="root of run directories (default ./runs)")
@@ -321,6 +331,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     tu.add_argument("--cache-dir")
     tu.add_argument("--output-dir")
     tu.add_argument("--threads", type=_at_least_one)
+    _add_jobs_argument(tu)
     tu.set_defaults(func=cmd_tune)
 
     try:

@@ -601,7 +601,7 @@ GRID = {"batch_size": [512, 1024, 2048], "learning_rate": [0.05, 0.01, 0.005, 0.
 
 
 def tune(model: str, dataset: str, budget: int, common: dict, out_root: Path = Path("results"),
-         grid: dict | None = None, seed: int = 0) -> dict:
+         grid: dict | None = None, seed: int = 0, jobs_at_once: int = 1) -> dict:
     """Grid search over ``grid`` (default: the paper's), visiting at most ``budget`` points in a
     seeded random order; the choice is made on valid NDCG@20 only. Each point is an ordinary run,
     so the search resumes where it stopped and never retrains a finished point."""
@@ -612,7 +612,10 @@ def tune(model: str, dataset: str, budget: int, common: dict, out_root: Path = P
     points = list(itertools.product(*(grid[k] for k in keys)))
     order = np.random.default_rng(seed).permutation(len(points))[:budget]
     jobs = [Job(f"{model}[{i}]", model, dataset, seed, dict(zip(keys, points[i]))) for i in order]
-    run_jobs(jobs, common)
+    if jobs_at_once > 1:
+        run_jobs_parallel(jobs, common, jobs_at_once)
+    else:
+        run_jobs(jobs, common)
     rows = collect(jobs, common)
     if not rows:
         raise UserError("no finished tuning runs")
@@ -648,7 +651,8 @@ def run_dir_busy(run_dir: Path) -> bool:
     return False
 
 
-def _sweep_worker(jobs: list[Job], common: dict, status_file: Path, archive: Path | None, worker: int) -> None:
+def _sweep_worker(jobs: list[Job], common: dict, status_file: Path | None, archive: Path | None,
+                  worker: int) -> None:
     """Entry point of one extra worker process of ``reproduce --jobs N`` (started with ``spawn``)."""
     import signal
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill -> the run keeps its last epoch
@@ -659,7 +663,7 @@ def _sweep_worker(jobs: list[Job], common: dict, status_file: Path, archive: Pat
         sys.exit(130)
 
 
-def run_jobs_parallel(jobs: list[Job], common: dict, n_workers: int, status_file: Path,
+def run_jobs_parallel(jobs: list[Job], common: dict, n_workers: int, status_file: Path | None = None,
                       archive: Path | None = None) -> None:
     """``reproduce --jobs N``: N processes work through the same job list at once. They share it through the
     run-directory locks: a process skips a run another one is training and comes back to it at the end (to read
@@ -671,7 +675,8 @@ def run_jobs_parallel(jobs: list[Job], common: dict, n_workers: int, status_file
     procs = []
     for k in range(1, n_workers):
         p = ctx.Process(target=_sweep_worker, name=f"sweep-worker-{k}",
-                        args=(jobs, common, status_file.with_name(f"status.w{k}.json"), archive, k))
+                        args=(jobs, common, status_file and status_file.with_name(f"status.w{k}.json"), archive,
+                              k))
         p.start()
         procs.append(p)
         time.sleep(1.0)                           # stagger: each worker claims a different first run
