@@ -408,6 +408,11 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     assert lines[5].split() == ["d32", "ml-100k", "seed", "0", "to", "train", "~10", "min", "(from", "other",
                                 "variants", "of", "the", "model)"]
     assert not (tmp_path / "runs").joinpath(*default_run_dir(jobs[2].config(common)).parts[-3:]).exists()
+    # two workers: 5, 10 and 10 min runs in list order end after 15 min (5 then 10 on one, 10 on the other)
+    assert "; with --jobs 2: about 0.2 h of wall time;" in plan(jobs, common, archive, n_workers=2).splitlines()[0]
+    from multikg4rec.experiments import _makespan
+    assert _makespan([300, 600, 600], 2) == 900 and _makespan([300, 600, 600], 1) == 1500
+    assert _makespan([600, 60, 60, 60], 2) == 600 and _makespan([], 3) == 0
     # the CLI prints the same plan and trains nothing
     assert main(["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "1", "--models", "bprmf", "--plan",
                  "--results", str(tmp_path / "results"), "--output-dir", str(tmp_path / "runs")]) == 0

@@ -259,12 +259,13 @@ def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[
     return rows
 
 
-def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
+def plan(jobs: list[Job], common: dict, archive: Path | None = None, n_workers: int = 1) -> str:
     """What a sweep still has to do, run by run: finished (here or archived), in progress (its last epoch) or
     to train, with the minutes each should take, estimated from the finished runs of the same kind (same
     model, label and dataset; their recorded ``train_seconds_total``), else from the finished runs of the
     same model and dataset under other labels (said so), else, for a part-done run, as an upper bound from
-    its own log (``_own_pace``). Trains nothing."""
+    its own log (``_own_pace``). With ``n_workers`` > 1 (``--jobs``) also the wall time: each worker takes the
+    next run in the list when it is free (``run_jobs_parallel``). Trains nothing."""
     from .training import default_run_dir
     states, spent, pacers = [], {}, {}
     for job in jobs:
@@ -281,7 +282,7 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
         if epochs:
             pacers.setdefault(key, rd)                    # a part-done run paces the unstarted ones of its kind
         states.append((job, rd, f"in progress (epoch {epochs})" if epochs else "to train", epochs))
-    lines, total, unknown = [], 0.0, 0
+    lines, total, unknown, lefts = [], 0.0, 0, []
     width = max((len(j.label) for j in jobs), default=0)
     seen = set()
     for job, rd, state, epochs in states:
@@ -300,12 +301,14 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
                 secs = float(np.median([s for s, _ in past]))
                 left = secs * max(0.0, 1 - epochs / float(np.median([e for _, e in past])))
                 total += left
+                lefts.append(left)
                 eta = f"~{left / 60:.0f} min" + (" (from other variants of the model)" if other else "")
             elif pacer is not None and (own := _own_pace(pacer, job.config(common), epochs)) is not None:
                 left, note = own       # the first ConvNCF run on ml-1m, part-way; seeds 1-2 at seed 0's pace
                 if pacer != rd:
                     note = f"at the pace of {pacer.name}: " + note.replace("its own", "its")
                 total += left
+                lefts.append(left)
                 eta = f"<= ~{left / 60:.0f} min ({note})"
             else:
                 unknown += 1
@@ -317,9 +320,20 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None) -> str:
     if len(seen) - n_done > unknown:
         head += (f"; about {total / 3600:.1f} h of training at the speed the finished runs of the same kind "
                  "recorded, or else at a part-done run's own pace (one run per core)")
+        if n_workers > 1:
+            head += f"; with --jobs {n_workers}: about {_makespan(lefts, n_workers) / 3600:.1f} h of wall time"
     if unknown:
         head += f"; {unknown} run(s) with no finished run of their kind to estimate from"
     return "\n".join([head, *lines])
+
+
+def _makespan(durations: list[float], n_workers: int) -> float:
+    """When the last of ``durations`` ends if each of ``n_workers`` takes the next one in order once free."""
+    import heapq
+    free_at = [0.0] * n_workers
+    for d in durations:
+        heapq.heappush(free_at, heapq.heappop(free_at) + d)
+    return max(free_at)
 
 
 def _own_pace(run_dir: Path, cfg: dict, epochs: int) -> tuple[float, str] | None:
@@ -705,7 +719,7 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     jobs = table_jobs(table, datasets, seed_list, common, models)
     archive = out_root / "runs"
     if only_plan:
-        print(plan(jobs, common, archive))
+        print(plan(jobs, common, archive, jobs_at_once))
         return out
     if not only_summarize:
         for f in out.glob("status.w*.json"):      # workers of an earlier call
