@@ -697,10 +697,12 @@ def run_jobs_parallel(jobs: list[Job], common: dict, n_workers: int, status_file
     try:
         run_jobs(jobs, common, status_file=status_file, archive=archive)
     finally:
+        stopping = sys.exc_info()[0] is not None
         for p in procs:
-            if p.is_alive() and sys.exc_info()[0] is not None:
-                p.terminate()                     # SIGTERM: the worker's run stops after keeping its checkpoint
-        for p in procs:
+            if stopping:
+                p.join(timeout=5)                 # Ctrl-C reached the workers too: they are stopping
+                if p.is_alive():
+                    p.terminate()                 # a kill of this process alone: pass it on (SIGTERM)
             p.join()
             if p.exitcode not in (0, 130, -15):
                 log.warning(f"sweep worker {p.name} exited with code {p.exitcode}; its runs were taken over "
