@@ -212,11 +212,8 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         cfg = job.config(common)
         rd = default_run_dir(cfg)
         done = finished_dir(rd, archive)
-        if done is not None and done != rd:               # finished on another machine: read, do not retrain
+        if done is not None:                              # finished here or archived from another machine: read
             rows.append({"job": job, "run_dir": done, "metrics": json.loads((done / "metrics.json").read_text())})
-            continue
-        if done is not None:
-            attempt(i, job, cfg)                          # finished here: read back at once
             continue
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
         report(i, [job.label, job.dataset, job.seed, str(rd)])
