@@ -182,14 +182,18 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
     rows = []
     say = tqdm.write if worker is None else (lambda msg: tqdm.write(f"[worker {worker}] {msg}"))
 
-    def report(i: int, running=None, **extra) -> None:
-        # ``i`` jobs are behind us (finished or skipped); the pid lets `reproduce status` tell a live sweep,
-        # foreground or background, from a dead one
+    skipped = []
+
+    def report(running=None, finished: bool = False, **extra) -> None:
+        # "done": the jobs behind us (finished and read, or skipped), not those another process or worker is
+        # training; the pid lets `reproduce status` tell a live sweep, foreground or background, from a dead one
         if status_file:
-            status_file.write_text(json.dumps({"running": running, "done": i, "total": len(jobs),
+            done = len(jobs) if finished else len(rows) + len(skipped)
+            status_file.write_text(json.dumps({"running": running, "done": done, "total": len(jobs),
+                                               **({"finished": True} if finished else {}),
                                                "pid": os.getpid(), "time": time.time(), **extra}))
 
-    def attempt(i: int, job: Job, cfg: dict) -> None:
+    def attempt(job: Job, cfg: dict) -> None:
         """Train ``job`` (its prerequisites first) and keep its row; RunBusy propagates to the caller."""
         try:
             for pre in get_model_class(cfg["model"]).prerequisites(cfg):  # e.g. ConvNCF's BPR-MF initialisation
@@ -197,18 +201,19 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
                 run(pre, quiet=quiet_runs)
             res = run(cfg, quiet=quiet_runs)
         except Interrupted as e:                  # Ctrl-C / kill: stop the sweep, not only this run
-            report(i, interrupted=str(e))
+            report(interrupted=str(e))
             raise
         except RunBusy:
             raise
         except UserError as e:
             say(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
+            skipped.append(job)
             return
         rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
 
-    busy: list[tuple[int, Job, dict, Path]] = []
+    busy: list[tuple[Job, dict, Path]] = []
     bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True, disable=worker is not None)
-    for i, job in enumerate(bar):
+    for job in bar:
         cfg = job.config(common)
         rd = default_run_dir(cfg)
         done = finished_dir(rd, archive)
@@ -216,28 +221,28 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
             rows.append({"job": job, "run_dir": done, "metrics": json.loads((done / "metrics.json").read_text())})
             continue
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
-        report(i, [job.label, job.dataset, job.seed, str(rd)])
+        report([job.label, job.dataset, job.seed, str(rd)])
         try:
             if run_dir_busy(rd):                          # cheap probe before loading the data
                 raise RunBusy(f"{rd} is in use by another running process", rd)
             if worker is not None:
                 say(f"training {job.label} on {job.dataset} seed {job.seed}")
-            attempt(i, job, cfg)
+            attempt(job, cfg)
         except RunBusy as e:                      # another sweep or worker (table 3 beside table 4) is training it
             if worker is None:
                 say(f"{job.label} on {job.dataset} seed {job.seed} is being trained by another process; "
                     "coming back to it at the end")
-            busy.append((i, job, cfg, Path(e.run_dir or rd)))   # the locked dir: this run's or a prerequisite's
-    for i, job, cfg, locked in busy:              # wait for the other process, then read (or resume) the run
-        report(len(jobs) - len(busy), [job.label, job.dataset, job.seed, str(locked)], waiting=True)
+            busy.append((job, cfg, Path(e.run_dir or rd)))   # the locked dir: this run's or a prerequisite's
+    for job, cfg, locked in busy:              # wait for the other process, then read (or resume) the run
+        report([job.label, job.dataset, job.seed, str(locked)], waiting=True)
         with open(locked / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)      # blocks until the other process lets go of the run
             fcntl.flock(lock, fcntl.LOCK_UN)
         try:
-            attempt(i, job, cfg)
+            attempt(job, cfg)
         except RunBusy as e:                      # taken again in between by yet another process
             say(f"skipped {job.label} on {job.dataset} seed {job.seed}: {e}")
-    report(len(jobs), finished=True)
+    report(finished=True)
     return rows
 
 
