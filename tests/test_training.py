@@ -250,7 +250,8 @@ def test_cli_train_end_to_end(data_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["train", "--model", "nope", "--dataset", "ml-100k"], "unknown model 'nope'"),
+    (["train", "--model", "nope", "--dataset", "ml-100k"], "unknown model 'nope'; available: bprmf"),
+    (["train", "--model", "kgatt", "--dataset", "ml-100k"], "unknown model 'kgatt' (did you mean kgat?)"),
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--lr", "0.1"], "unknown option"),
     (["train", "--model", "bprmf", "--dataset", "no-such-data"], "dataset 'no-such-data' not found"),
     (["train", "--model", "bprmf", "--dataset", "ml-100k", "--epochs"], "--epochs needs a value"),

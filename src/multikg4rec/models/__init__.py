@@ -33,7 +33,10 @@ def available_models() -> list[str]:
 def get_model_class(name: str) -> type[Recommender]:
     key = name.lower()
     if key not in available_models():
-        raise UserError(f"unknown model {name!r}; available: {', '.join(available_models())}")
+        import difflib
+        hint = difflib.get_close_matches(key, available_models(), 1)
+        raise UserError(f"unknown model {name!r}" + (f" (did you mean {hint[0]}?)" if hint else "")
+                        + f"; available: {', '.join(available_models())}")
     module = importlib.import_module(f"{__name__}.{MODELS[key]}")
     for obj in vars(module).values():
         if isinstance(obj, type) and issubclass(obj, Recommender) and obj.name == key:
