@@ -100,17 +100,19 @@ def test_reproduce_sweep_is_resumable_and_tabulates(data_dir, tmp_path, capsys):
     assert len(list(csv.DictReader(open(out / "runs.csv")))) == 4    # nothing was trained by --summarize
 
 
-def test_reproduce_jobs_trains_runs_side_by_side_each_once(data_dir, tmp_path, capfd):
+def test_reproduce_jobs_trains_runs_side_by_side_each_once(data_dir, tmp_path, capfd, monkeypatch):
     """`reproduce --jobs 2`: a spawned worker and this process share one sweep through the run locks; every
     run is trained by exactly one of them (one epoch in its log, not two), the worker trains some, and the
     table is written once, after both are done."""
+    from multikg4rec import experiments
+    monkeypatch.setattr(experiments, "WORKER_STAGGER_S", 0.5)    # these runs take seconds, not minutes
     argv = ["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "2", "--models", "bprmf", "lightgcn",
             "--results", str(tmp_path / "res"), "--output-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
             "--cache-dir", str(tmp_path / "c"), "--epochs", "1", "--embedding_size", "16", "--jobs", "2"]
     assert main(argv) == 0
     out = capfd.readouterr()
     text = out.out + out.err
-    by_worker = [line for line in text.splitlines() if line.startswith("[worker 1] training ")]
+    by_worker = [line for line in text.splitlines() if line.startswith("[worker 1] trained ")]
     assert 1 <= len(by_worker) <= 3, text                   # the worker took part, and did not take them all
     logs = sorted((tmp_path / "runs").rglob("log.jsonl"))
     assert len(logs) == 4

@@ -19,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,9 +226,10 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         try:
             if run_dir_busy(rd):                          # cheap probe before loading the data
                 raise RunBusy(f"{rd} is in use by another running process", rd)
-            if worker is not None:
-                say(f"training {job.label} on {job.dataset} seed {job.seed}")
             attempt(job, cfg)
+            if worker is not None and rows and rows[-1]["job"] is job:
+                say(f"trained {job.label} on {job.dataset} seed {job.seed}: test NDCG@20 "
+                    f"{rows[-1]['metrics']['test']['ndcg@20']:.4f}")
         except RunBusy as e:                      # another sweep or worker (table 3 beside table 4) is training it
             if worker is None:
                 say(f"{job.label} on {job.dataset} seed {job.seed} is being trained by another process; "
@@ -652,6 +654,11 @@ def tune(model: str, dataset: str, budget: int, common: dict, out_root: Path = P
 
 # --------------------------------------------------------------------------- entry points
 
+#: seconds between the start of ``reproduce --jobs`` workers (long enough for the previous one to load its
+#: run's data and take the run's lock, so that two workers rarely load the same run)
+WORKER_STAGGER_S = 5.0
+
+
 def run_dir_busy(run_dir: Path) -> bool:
     """Whether another live process holds ``run_dir``'s lock (the one ``training.run`` takes). A probe only:
     ``training.run`` takes the lock for real and raises ``RunBusy`` if it lost a race."""
@@ -668,12 +675,16 @@ def run_dir_busy(run_dir: Path) -> bool:
 
 
 def _sweep_worker(jobs: list[Job], common: dict, status_file: Path | None, archive: Path | None,
-                  worker: int) -> None:
-    """Entry point of one extra worker process of ``reproduce --jobs N`` (started with ``spawn``)."""
+                  worker: int, ready, start) -> None:
+    """Entry point of one extra worker process of ``reproduce --jobs N`` (started with ``spawn``): say when the
+    imports are done (``ready``), wait for ``start``, then run the sweep's list like any other worker."""
     import signal
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill -> the run keeps its last epoch
     logging.basicConfig(level=logging.WARNING, format=f"warning [worker {worker}]: %(message)s")
     try:
+        from . import models, training  # noqa: F401  (torch and the models: the slow part of starting)
+        ready.set()
+        start.wait()
         run_jobs(jobs, common, status_file=status_file, archive=archive, worker=worker)
     except (KeyboardInterrupt, Interrupted):
         sys.exit(130)
@@ -688,15 +699,21 @@ def run_jobs_parallel(jobs: list[Job], common: dict, n_workers: int, status_file
     all, each keeping its run's last finished epoch."""
     import multiprocessing as mp
     ctx = mp.get_context("spawn")                 # not fork: torch's thread pools do not survive a fork
-    procs = []
-    for k in range(1, n_workers):
-        p = ctx.Process(target=_sweep_worker, name=f"sweep-worker-{k}",
-                        args=(jobs, common, status_file and status_file.with_name(f"status.w{k}.json"), archive,
-                              k))
-        p.start()
-        procs.append(p)
-        time.sleep(1.0)                           # stagger: each worker claims a different first run
+    procs, starts = [], []
     try:
+        for k in range(1, n_workers):
+            ready, start = ctx.Event(), ctx.Event()
+            p = ctx.Process(target=_sweep_worker, name=f"sweep-worker-{k}",
+                            args=(jobs, common, status_file and status_file.with_name(f"status.w{k}.json"),
+                                  archive, k, ready, start))
+            p.start()
+            procs.append(p)
+            starts.append(start)
+            while not ready.wait(1.0) and p.is_alive():   # its imports done: the stagger is not eaten by them
+                pass
+        # this process takes the first run at once, worker k after k x WORKER_STAGGER_S (the next free one)
+        for k, start in enumerate(starts):
+            threading.Timer(WORKER_STAGGER_S * (k + 1), start.set).start()
         run_jobs(jobs, common, status_file=status_file, archive=archive)
     finally:
         stopping = sys.exc_info()[0] is not None
