@@ -311,6 +311,13 @@ def test_status_shows_the_live_runs_epoch_and_best_valid(tmp_path):
     assert "7/9 runs done; running KGAT on ml-100k seed 3 (epoch 3, best valid NDCG@20 0.2500 at epoch 2, 10 min)" \
         in line
     assert line.endswith("sweep process alive")
+    # a --jobs worker's run is listed too; a finished worker's is not
+    (tmp_path / "table2" / "status.w1.json").write_text(json.dumps(
+        {"running": ["KGAT", "ml-100k", 3, str(rd)], "done": 2, "total": 9, "pid": os.getpid(), "time": time.time()}))
+    (tmp_path / "table2" / "status.w2.json").write_text(json.dumps(
+        {"running": None, "done": 9, "total": 9, "pid": os.getpid(), "time": time.time(), "finished": True}))
+    line = experiments.status("table2", tmp_path)
+    assert "; worker 1: running KGAT on ml-100k seed 3 (epoch 3," in line and "worker 2" not in line
 
 
 def test_sweep_trains_convncfs_bprmf_initialisation_when_only_its_archive_is_here(monkeypatch, tmp_path):
