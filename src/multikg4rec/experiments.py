@@ -286,7 +286,7 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None, n_workers: 
         if epochs:
             pacers.setdefault(key, rd)                    # a part-done run paces the unstarted ones of its kind
         states.append((job, rd, f"in progress (epoch {epochs})" if epochs else "to train", epochs))
-    lines, total, unknown, lefts = [], 0.0, 0, []
+    lines, unknown, lefts = [], 0, []             # lefts: seconds still to train, per estimated run
     width = max((len(j.label) for j in jobs), default=0)
     seen = set()
     for job, rd, state, epochs in states:
@@ -304,14 +304,12 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None, n_workers: 
             if past:
                 secs = float(np.median([s for s, _ in past]))
                 left = secs * max(0.0, 1 - epochs / float(np.median([e for _, e in past])))
-                total += left
                 lefts.append(left)
                 eta = f"~{left / 60:.0f} min" + (" (from other variants of the model)" if other else "")
             elif pacer is not None and (own := _own_pace(pacer, job.config(common), epochs)) is not None:
                 left, note = own       # the first ConvNCF run on ml-1m, part-way; seeds 1-2 at seed 0's pace
                 if pacer != rd:
                     note = f"at the pace of {pacer.name}: " + note.replace("its own", "its")
-                total += left
                 lefts.append(left)
                 eta = f"<= ~{left / 60:.0f} min ({note})"
             else:
@@ -322,7 +320,7 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None, n_workers: 
     n_done = len({rd for _, rd, state, _ in states if state == "finished"})
     head = f"{len(seen)} runs: {n_done} finished, {len(seen) - n_done} to do"
     if len(seen) - n_done > unknown:
-        head += (f"; about {total / 3600:.1f} h of training at the speed the finished runs of the same kind "
+        head += (f"; about {sum(lefts) / 3600:.1f} h of training at the speed the finished runs of the same kind "
                  "recorded, or else at a part-done run's own pace (one run per core)")
         if n_workers > 1:
             head += f"; with --jobs {n_workers}: about {_makespan(lefts, n_workers) / 3600:.1f} h of wall time"
@@ -828,11 +826,13 @@ def status(table: str, out_root: Path = Path("results")) -> str:
         state = "sweep process alive"
     else:
         state = f"sweep process gone since {when} (killed?); the same command resumes it"
-    run = _running(s) if alive else ""
-    for wf in sorted((out_root / table).glob("status.w*.json")):     # the other workers of `--jobs N`
-        w = json.loads(wf.read_text())
-        if alive and not w.get("finished") and w.get("running") and _alive(w.get("pid")):
-            run += f"; worker {wf.stem.split('.w')[-1]}:{_running(w)[1:]}"
+    run = ""
+    if alive:
+        run = f"; {_running(s)}" if s.get("running") else ""
+        for wf in sorted((out_root / table).glob("status.w*.json")):     # the other workers of `--jobs N`
+            w = json.loads(wf.read_text())
+            if not w.get("finished") and w.get("running") and _alive(w.get("pid")):
+                run += f"; worker {wf.stem.split('.w')[-1]}: {_running(w)}"
     return f"{table}: {s['done']}/{s['total']} runs done{run}; {state}"
 
 
@@ -845,11 +845,9 @@ def _alive(pid) -> bool:
 
 
 def _running(s: dict) -> str:
-    """"; running <model> on <dataset> seed <S> (epoch ...)" of one status file, or ""."""
-    if not s.get("running"):
-        return ""
+    """"running <model> on <dataset> seed <S> (epoch ...)" of a status file whose ``running`` is set."""
     verb = "waiting for another process to finish" if s.get("waiting") else "running"
-    out = f"; {verb} {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}"
+    out = f"{verb} {s['running'][0]} on {s['running'][1]} seed {s['running'][2]}"
     if len(s["running"]) > 3:
         out += _run_progress(Path(s["running"][3]), s.get("time"))
     return out
