@@ -211,6 +211,38 @@ def test_convncf_outer_product_and_conv_chain():
     assert torch.allclose(m.score_pairs(p, q), expected, atol=1e-5)
 
 
+def test_convncf_training_gradients_match_the_conv2d_chain():
+    """ConvNCF.TRAIN_BLOCK computes the first two layers block by block and recomputes the first
+    layer's activations in the backward pass (_FirstTwoLayers) instead of keeping them: scores and
+    every gradient (embeddings, each conv weight and bias) equal autograd's through plain F.conv2d
+    layers, dead ReLUs included, in one block or in many."""
+    torch.manual_seed(0)
+    m = _convncf(toy_dataset(), 16, [8, 8, 8, 8])
+    with torch.no_grad():
+        m.conv_biases[0].fill_(-0.05)                                      # some first-layer units off
+    p, q = torch.randn(5, 16, requires_grad=True), torch.randn(5, 16, requires_grad=True)
+    params = [*m.conv_weights, *m.conv_biases, m.predict.weight, p, q]
+    m.TRAIN_BLOCK = 1 << 23                                                # one block
+    y = m.score_pairs(p, q)
+    ours = torch.autograd.grad((y * torch.arange(1.0, 6.0)).sum(), params)
+    m.TRAIN_BLOCK = 16 * 8                                                 # blocks of 16 of the 320 positions
+    y_blocks = m.score_pairs(p, q)
+    ours_blocks = torch.autograd.grad((y_blocks * torch.arange(1.0, 6.0)).sum(), params)
+    x = (p[:, :, None] * q[:, None, :]).unsqueeze(1)
+    for w, b in zip(m.conv_weights, m.conv_biases):
+        c_in = w.shape[0] // 4
+        x = F.relu(F.conv2d(x, w.view(4, c_in, -1).permute(2, 1, 0).reshape(-1, c_in, 2, 2), b, stride=2))
+    y_ref = m.predict(x.flatten(1)).squeeze(-1)
+    ref = torch.autograd.grad((y_ref * torch.arange(1.0, 6.0)).sum(), params)
+    assert torch.allclose(y, y_ref, atol=1e-5)
+    first = (p[:, m.patch_rows] * q[:, m.patch_cols]).view(-1, 4) @ m.conv_weights[0] + m.conv_biases[0]
+    assert (first <= 0).any() and (first > 0).any()
+    assert torch.allclose(y_blocks, y_ref, atol=1e-5)
+    for g, gb, r in zip(ours, ours_blocks, ref):
+        assert torch.allclose(g, r, atol=1e-5, rtol=1e-4)
+        assert torch.allclose(gb, r, atol=1e-5, rtol=1e-4)
+
+
 def test_convncf_full_ranking_matches_pairs():
     ds = toy_dataset()
     m = _convncf(ds, 8, [4, 4, 4]).eval()

@@ -18,6 +18,11 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
   and the next layer's patch matrix is a free reshape (no im2col copy). The weight
   ``W_l`` of shape (4 C_in, C_out) holds the conv kernel ``K[o, c, dr, dc]`` at
   ``W_l[(2 dr + dc) C_in + c, o]``; tests check it against ``F.conv2d``.
+* ``ConvNCF.TRAIN_BLOCK`` (class attribute, default None: off): training computes layers
+  1-2 in blocks of that many first-layer floats and recomputes layer 1 in the backward
+  pass (``_FirstTwoLayers``): the same gradients without ever holding the whole
+  first-layer activation, ~15% less peak memory on ml-1m but 1.1-1.2x the step time
+  (``bench/results/convncf_memory.md``), so it is opt-in (e.g. ``1 << 23``).
 * Embeddings are initialised from BPR-MF, as the paper: ``pretrain_path`` names a
   BPR-MF run directory (its ``best_model.pt``) or the file itself; the sizes must
   match. ``auto`` (the default) takes the BPR-MF run of the same dataset, data
@@ -106,12 +111,51 @@ def bprmf_run_dir(config: dict):
     return run_dir
 
 
+class _FirstTwoLayers(torch.autograd.Function):
+    """conv_2(e^(1)) + b_2 with e^(1) = ReLU(conv_1(E) + b_1), both as matrix products over patches, in
+    blocks of ``rows`` first-layer positions; autograd's gradients, but e^(1) (the step's largest activation:
+    N d^2 / 4 x c_1 floats, 134 MB for a batch of 512 on d = 64) never exists whole: each block of it is
+    computed, used and dropped, and recomputed block by block in the backward pass from E (4x smaller),
+    with ReLU's gradient masked in place. Costs one more first-layer product (4 multiply-adds per e^(1)
+    entry, an eighth of layer 2's). On ml-1m: peak RSS 931 vs 1,099 MB, step time 1.1-1.2x
+    (``bench/results/convncf_memory.md``). Only the weight gradients' sums over blocks change order."""
+
+    @staticmethod
+    def forward(ctx, x0, w1, b1, w2, b2, rows):
+        ctx.save_for_backward(x0, w1, b1, w2)
+        ctx.rows = rows
+        y2 = x0.new_empty(x0.shape[0] // 4, w2.shape[1])
+        for s in range(0, x0.shape[0], rows):                           # rows % 4 == 0: whole layer-2 patches
+            x1 = torch.addmm(b1, x0[s:s + rows], w1).relu_()
+            torch.addmm(b2, x1.view(-1, w2.shape[0]), w2, out=y2[s // 4:(s + rows) // 4])
+        return y2
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g2):
+        x0, w1, b1, w2 = ctx.saved_tensors
+        gx0, gw1, gw2 = torch.empty_like(x0), torch.zeros_like(w1), torch.zeros_like(w2)
+        gb1 = torch.zeros_like(b1)
+        for s in range(0, x0.shape[0], ctx.rows):
+            x1 = torch.addmm(b1, x0[s:s + ctx.rows], w1).relu_()        # this block of e^(1) again
+            g2s = g2[s // 4:(s + ctx.rows) // 4]
+            gw2.addmm_(x1.view(-1, w2.shape[0]).t(), g2s)
+            g1 = g2s.mm(w2.t()).view(-1, w1.shape[1])
+            g1.masked_fill_(x1 <= 0, 0)                                 # ReLU': e^(1) > 0 (as autograd's)
+            gw1.addmm_(x0[s:s + ctx.rows].t(), g1)
+            gb1 += g1.sum(0)
+            torch.mm(g1, w1.t(), out=gx0[s:s + ctx.rows])
+        return gx0, gw1, gb1, gw2, g2.sum(0), None
+
+
 class ConvNCF(Recommender):
     name = "convncf"
     prerequisites = classmethod(lambda cls, config: prerequisites(config))
 
     #: floats of first-layer activations per chunk of pairs in full_sort_predict
     EVAL_BLOCK = 1 << 19
+    #: floats of first-layer activations per block in a training step (_FirstTwoLayers); None: whole layers
+    TRAIN_BLOCK: int | None = None
 
     def __init__(self, dataset, config):
         super().__init__(dataset, config)
@@ -181,7 +225,13 @@ class ConvNCF(Recommender):
     def score_maps(self, x: torch.Tensor) -> torch.Tensor:
         """y from interaction maps in patch layout, (N, (d/2)^2, 4) -> (N,)."""
         n = x.shape[0]
-        for w, b in zip(self.conv_weights, self.conv_biases):
+        layers = list(zip(self.conv_weights, self.conv_biases))
+        if self.TRAIN_BLOCK and torch.is_grad_enabled() and len(layers) > 1:   # layers 1-2 without keeping e^(1)
+            (w1, b1), (w2, b2) = layers[:2]
+            rows = max(4, self.TRAIN_BLOCK // w1.shape[1] // 4 * 4)
+            x = _FirstTwoLayers.apply(x.reshape(-1, w1.shape[0]), w1, b1, w2, b2, rows).relu_()
+            layers = layers[2:]
+        for w, b in layers:
             x = torch.addmm(b, x.reshape(-1, w.shape[0]), w).relu_()    # e^(l) = ReLU(conv(e^(l-1)) + b_l)
         g = self.dropout(x.view(n, -1))                                 # (N, c_L): the 1 x 1 x c map
         return self.predict(g).squeeze(-1)                              # y = w^T g + b

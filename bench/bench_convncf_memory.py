@@ -1,0 +1,107 @@
+"""ConvNCF training steps, peak memory and time: whole layers through autograd (the default) vs the first two
+layers in blocks with the first layer recomputed in the backward pass (``ConvNCF.TRAIN_BLOCK = 1 << 23``,
+``_FirstTwoLayers``: blocks).
+
+Each (variant, round) is its own child process (peak RSS is per process): load the data, build the model
+(random start, no BPR-MF file needed) and the Trainer, 3 warm-up CF steps, then ``--steps`` timed steps on
+the same batches through the trainer's own step loop (``Trainer._pass``: BPR loss, backward, fused Adam).
+Same parameters, same batches, same scores. Reported: median ms
+per step over the rounds, the largest peak RSS (``VmHWM``, the whole process incl. data and model), the RSS
+after the trainer was built and at the end, with the run's default allocator setting (``tune_allocator``).
+
+    python bench/bench_convncf_memory.py --dataset ml-1m --steps 150 --rounds 2 \
+        --write bench/results/convncf_memory.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchlib import emit
+
+CHILD = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+import numpy as np, torch
+dataset, steps, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+from multikg4rec import runtime
+from multikg4rec.config import load_config
+from multikg4rec.data import load_dataset
+from multikg4rec.models.convncf import ConvNCF
+from multikg4rec.sampling import BPRSampler
+from multikg4rec.training import Trainer, build_model, seed_everything
+cfg = load_config("convncf", dataset, None, {"seed": 0, "threads": 1, "pretrain_path": None})
+runtime.configure(cfg)
+if variant == "blocks":
+    ConvNCF.TRAIN_BLOCK = 1 << 23
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+seed_everything(0)
+ds = load_dataset(dataset, cfg)
+m = build_model(cfg, ds).train()
+batches = [b for _, b in zip(range(steps + 3), BPRSampler(ds.train, ds.n_items, cfg["batch_size"],
+                                                          np.random.default_rng(0)))]
+with tempfile.TemporaryDirectory() as tmp:
+    trainer = Trainer(m, ds, cfg, Path(tmp), quiet=True)     # its step loop (BPR loss, backward, fused Adam)
+    built = status("VmRSS:")
+    trainer._pass(batches[:3], m.calculate_loss, "warm-up")
+    t = time.perf_counter()
+    trainer._pass(batches[3:], m.calculate_loss, "timed")
+    dt = (time.perf_counter() - t) / steps
+print(json.dumps({"ms": dt * 1e3, "peak_mb": status("VmHWM:"), "built_mb": built, "end_mb": status("VmRSS:"),
+                  "loss": float(m.calculate_loss(batches[0]))}))
+"""
+
+
+def child(dataset: str, steps: int, variant: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", CHILD, dataset, str(steps), variant],
+                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", default="ml-1m")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args()
+    variants = ("whole", "blocks")
+    res = {v: [] for v in variants}
+    for r in range(args.rounds):
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            res[v].append(child(args.dataset, args.steps, v))
+            print(v, res[v][-1], file=sys.stderr)
+    base = statistics.median(x["ms"] for x in res["whole"])
+    lines = [f"## ConvNCF training step: whole layers vs blocks ({args.dataset}, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"`python bench/bench_convncf_memory.py --dataset {args.dataset} --steps {args.steps} "
+             f"--rounds {args.rounds}`; {platform.machine()}, 1 torch thread, tuned allocator (the default); "
+             f"each cell: {args.rounds} child processes, alternating order, {args.steps} timed steps each; "
+             f"1-min load average at the end {open('/proc/loadavg').read().split()[0]}.", "",
+             "| variant | ms per step (median) | children | RSS after trainer built MB | peak RSS MB (max) | "
+             "peaks | RSS at the end MB | ratio |", "|---|---|---|---|---|---|---|---|"]
+    for v in variants:
+        xs = res[v]
+        med = statistics.median(x["ms"] for x in xs)
+        each_ms = ", ".join(f"{x['ms']:.0f}" for x in xs)
+        peaks = ", ".join(f"{x['peak_mb']:.0f}" for x in xs)
+        lines.append(f"| {v} | {med:.0f} | {each_ms} | {max(x['built_mb'] for x in xs):.0f} | "
+                     f"{max(x['peak_mb'] for x in xs):.0f} | {peaks} | "
+                     f"{', '.join(str(round(x['end_mb'])) for x in xs)} | {med / base:.2f} |")
+    lines.append("")
+    lines.append("Loss of the first batch after training, each child: " + "; ".join(
+        f"{v} " + ", ".join(f"{x['loss']:.6f}" for x in res[v]) for v in variants))
+    emit("\n".join(lines) + "\n", args.write)
+
+
+if __name__ == "__main__":
+    main()
