@@ -352,7 +352,7 @@ def _own_pace(run_dir: Path, cfg: dict, epochs: int) -> tuple[float, str] | None
         n_evals = sum(1 for e in range(epochs + 1, int(cfg["epochs"]) + 1)
                       if e % int(cfg["eval_every"]) == 0 or e == int(cfg["epochs"]))
         left += (n_evals + 1) * float(np.mean(evals))
-        note = f"its own epochs and validations, {left_epochs} epochs left to its cap"
+        note = f"its own epochs and validations, {left_epochs} epoch{'' if left_epochs == 1 else 's'} left to its cap"
     else:
         note = f"its own epochs x {left_epochs} left to its cap; validations not timed yet, not included"
     return left, note
