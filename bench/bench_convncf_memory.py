@@ -5,9 +5,9 @@ layers in blocks with the first layer recomputed in the backward pass (``ConvNCF
 Each (variant, round) is its own child process (peak RSS is per process): load the data, build the model
 (random start, no BPR-MF file needed) and the Trainer, 3 warm-up CF steps, then ``--steps`` timed steps on
 the same batches through the trainer's own step loop (``Trainer._pass``: BPR loss, backward, fused Adam).
-Same parameters, same batches, same scores. Reported: median ms
-per step over the rounds, the largest peak RSS (``VmHWM``, the whole process incl. data and model), the RSS
-after the trainer was built and at the end, with the run's default allocator setting (``tune_allocator``).
+Same parameters, same batches, same scores. Reported: median ms per step over the rounds, the largest peak RSS
+(``VmHWM``, the whole process incl. data and model), the RSS after the trainer was built and at the end, with
+the run's default allocator setting (``tune_allocator``).
 
     python bench/bench_convncf_memory.py --dataset ml-1m --steps 150 --rounds 2 \
         --write bench/results/convncf_memory.md
@@ -26,7 +26,7 @@ from pathlib import Path
 from benchlib import emit
 
 CHILD = r"""
-import json, sys, tempfile, time
+import json, os, sys, tempfile, time
 from pathlib import Path
 import numpy as np, torch
 dataset, steps, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -35,15 +35,13 @@ from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
 from multikg4rec.models.convncf import ConvNCF
 from multikg4rec.sampling import BPRSampler
-from multikg4rec.training import Trainer, build_model, seed_everything
+from multikg4rec.training import Trainer, build_model, peak_rss_mb, seed_everything
 cfg = load_config("convncf", dataset, None, {"seed": 0, "threads": 1, "pretrain_path": None})
 runtime.configure(cfg)
 if variant == "blocks":
     ConvNCF.TRAIN_BLOCK = 1 << 23
-def status(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
+def rss_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 seed_everything(0)
 ds = load_dataset(dataset, cfg)
 m = build_model(cfg, ds).train()
@@ -51,12 +49,12 @@ batches = [b for _, b in zip(range(steps + 3), BPRSampler(ds.train, ds.n_items, 
                                                           np.random.default_rng(0)))]
 with tempfile.TemporaryDirectory() as tmp:
     trainer = Trainer(m, ds, cfg, Path(tmp), quiet=True)     # its step loop (BPR loss, backward, fused Adam)
-    built = status("VmRSS:")
+    built = rss_mb()
     trainer._pass(batches[:3], m.calculate_loss, "warm-up")
     t = time.perf_counter()
     trainer._pass(batches[3:], m.calculate_loss, "timed")
     dt = (time.perf_counter() - t) / steps
-print(json.dumps({"ms": dt * 1e3, "peak_mb": status("VmHWM:"), "built_mb": built, "end_mb": status("VmRSS:"),
+print(json.dumps({"ms": dt * 1e3, "peak_mb": peak_rss_mb(), "built_mb": built, "end_mb": rss_mb(),
                   "loss": float(m.calculate_loss(batches[0]))}))
 """
 

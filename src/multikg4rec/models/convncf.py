@@ -21,8 +21,8 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
 * ``ConvNCF.TRAIN_BLOCK`` (class attribute, default None: off): training computes layers
   1-2 in blocks of that many first-layer floats and recomputes layer 1 in the backward
   pass (``_FirstTwoLayers``): the same gradients without ever holding the whole
-  first-layer activation, ~15% less peak memory on ml-1m but 1.1-1.2x the step time
-  (``bench/results/convncf_memory.md``), so it is opt-in (e.g. ``1 << 23``).
+  first-layer activation; on ml-1m a 400-step peak of 931 instead of 1,099 MB at 1.22x
+  the step time (``bench/results/convncf_memory.md``), so it is opt-in (e.g. ``1 << 23``).
 * Embeddings are initialised from BPR-MF, as the paper: ``pretrain_path`` names a
   BPR-MF run directory (its ``best_model.pt``) or the file itself; the sizes must
   match. ``auto`` (the default) takes the BPR-MF run of the same dataset, data
@@ -117,8 +117,7 @@ class _FirstTwoLayers(torch.autograd.Function):
     N d^2 / 4 x c_1 floats, 134 MB for a batch of 512 on d = 64) never exists whole: each block of it is
     computed, used and dropped, and recomputed block by block in the backward pass from E (4x smaller),
     with ReLU's gradient masked in place. Costs one more first-layer product (4 multiply-adds per e^(1)
-    entry, an eighth of layer 2's). On ml-1m: peak RSS 931 vs 1,099 MB, step time 1.1-1.2x
-    (``bench/results/convncf_memory.md``). Only the weight gradients' sums over blocks change order."""
+    entry, an eighth of layer 2's). Only the weight gradients' sums over blocks change order."""
 
     @staticmethod
     def forward(ctx, x0, w1, b1, w2, b2, rows):
