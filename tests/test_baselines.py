@@ -243,6 +243,35 @@ def test_convncf_training_gradients_match_the_conv2d_chain():
         assert torch.allclose(gb, r, atol=1e-5, rtol=1e-4)
 
 
+def test_convncf_bf16_trains_in_mixed_precision_and_scores_in_fp32():
+    """precision: bf16 runs the CNN's products in bfloat16 (autocast) in training mode only: there the scores
+    are fp32 values close to the fp32 model's (not rounded to bfloat16's 8 bits), gradients reach every CNN
+    parameter as fp32, and TRAIN_BLOCK does not apply; in eval mode the scores are exactly fp32's. An unknown
+    precision is a one-line error."""
+    torch.manual_seed(0)
+    ds = toy_dataset()
+    m32 = _convncf(ds, 16, [8, 8, 8, 8])
+    m16 = _convncf(ds, 16, [8, 8, 8, 8], precision="bf16")
+    m16.load_state_dict(m32.state_dict())
+    p, q = torch.randn(64, 16), torch.randn(64, 16)
+    y32, y16 = m32.score_pairs(p, q), m16.score_pairs(p, q)
+    assert y16.dtype == torch.float32 and not torch.equal(y16, y32)      # bfloat16 products in training
+    assert (y16 - y32).abs().max() < 0.25 * y32.std()                    # ~3 significant digits per product
+    assert torch.corrcoef(torch.stack([y16, y32]))[0, 1] > 0.95
+    assert not torch.equal(y16, y16.bfloat16().float())                   # not bfloat16-rounded scores
+    m16.TRAIN_BLOCK = 16
+    grads = torch.autograd.grad(m16.score_pairs(p, q).sum(), list(m16.parameters()), allow_unused=True)
+    for (name, _), g in zip(m16.named_parameters(), grads):
+        if name.startswith(("conv_", "predict")):
+            assert g is not None and g.dtype == torch.float32 and g.abs().sum() > 0, name
+    m32.eval(), m16.eval()
+    with torch.no_grad():
+        assert torch.equal(m16.score_pairs(p, q), m32.score_pairs(p, q))   # evaluation: fp32
+        assert torch.equal(m16.full_sort_predict(torch.tensor([1])), m32.full_sort_predict(torch.tensor([1])))
+    with pytest.raises(UserError, match="fp32 or bf16"):
+        _convncf(ds, 16, [8, 8, 8, 8], precision="fp16")
+
+
 def test_convncf_full_ranking_matches_pairs():
     ds = toy_dataset()
     m = _convncf(ds, 8, [4, 4, 4]).eval()

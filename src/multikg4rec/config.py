@@ -29,7 +29,7 @@ CONFIG_ROOT = resources.files("multikg4rec") / "configs"
 NON_SEMANTIC_KEYS = {"threads", "tune_allocator", "output_dir", "data_dir", "cache_dir", "eval_batch_size", "quiet"}
 #: options added after runs were archived, with the value that reproduces the behaviour before them:
 #: left out of the hash at that value, so adding an option does not rename (and orphan) finished runs
-NEUTRAL_VALUES: dict[str, object] = {"kg_loss_triples": "ckg", "device": "cpu"}
+NEUTRAL_VALUES: dict[str, object] = {"kg_loss_triples": "ckg", "device": "cpu", "precision": "fp32"}
 
 
 def _read_yaml(path) -> dict:
