@@ -26,7 +26,7 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
 * ``precision: bf16`` (default ``fp32``): mixed-precision TRAINING. In training mode the CNN's matrix
   products run under ``torch.autocast`` in bfloat16 (bfloat16 inputs, fp32 accumulation, activations stored
   in bfloat16); the parameters (and Adam's state), the interaction map E, the prediction layer y = w^T g + b
-  and the loss stay fp32. Evaluation (``model.eval()``) always scores in fp32: on this project's CPU (AMX) a
+  and the loss stay fp32. Evaluation (``model.eval()``) always scores in fp32: on the development CPU (AMX) a
   bfloat16 full ranking was no faster (its first layer, a K = 4 product, is bound by memory, not arithmetic)
   and its scores differ from fp32's by up to a fifth of their spread, changing ~7% of the top-20 slots. Measured
   (``bench/results/convncf_precision.md``): ml-1m training steps 0.77x the fp32 time with a lower peak memory,
