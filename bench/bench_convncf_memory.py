@@ -15,54 +15,38 @@ the run's default allocator setting (``tune_allocator``).
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchlib import emit
+from benchlib import emit, run_child
 
 CHILD = r"""
-import json, os, sys, tempfile, time
-from pathlib import Path
-import numpy as np, torch
+import json, sys
 dataset, steps, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+from benchlib import rss_mb, timed_trainer_steps
 from multikg4rec import runtime
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
 from multikg4rec.models.convncf import ConvNCF
-from multikg4rec.sampling import BPRSampler
-from multikg4rec.training import Trainer, build_model, peak_rss_mb, seed_everything
+from multikg4rec.training import build_model, peak_rss_mb, seed_everything
 cfg = load_config("convncf", dataset, None, {"seed": 0, "threads": 1, "pretrain_path": None})
 runtime.configure(cfg)
 if variant == "blocks":
     ConvNCF.TRAIN_BLOCK = 1 << 23
-def rss_mb():
-    return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 seed_everything(0)
 ds = load_dataset(dataset, cfg)
 m = build_model(cfg, ds).train()
-batches = [b for _, b in zip(range(steps + 3), BPRSampler(ds.train, ds.n_items, cfg["batch_size"],
-                                                          np.random.default_rng(0)))]
-with tempfile.TemporaryDirectory() as tmp:
-    trainer = Trainer(m, ds, cfg, Path(tmp), quiet=True)     # its step loop (BPR loss, backward, fused Adam)
-    built = rss_mb()
-    trainer._pass(batches[:3], m.calculate_loss, "warm-up")
-    t = time.perf_counter()
-    trainer._pass(batches[3:], m.calculate_loss, "timed")
-    dt = (time.perf_counter() - t) / steps
-print(json.dumps({"ms": dt * 1e3, "peak_mb": peak_rss_mb(), "built_mb": built, "end_mb": rss_mb(),
-                  "loss": float(m.calculate_loss(batches[0]))}))
+r = timed_trainer_steps(m, ds, cfg, steps)
+print(json.dumps({"ms": r["ms"], "peak_mb": peak_rss_mb(), "built_mb": r["built_mb"], "end_mb": rss_mb(),
+                  "loss": float(m.calculate_loss(r["batches"][0]))}))
 """
 
 
 def child(dataset: str, steps: int, variant: str) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, dataset, str(steps), variant],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, dataset, steps, variant)
 
 
 def main() -> None:

@@ -18,10 +18,8 @@ same weights, the largest |score difference| and the mean overlap of the top-20 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,18 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchlib import emit
+from benchlib import emit, run_child
 
 CHILD = r"""
-import copy, json, sys, tempfile, time
-from pathlib import Path
+import copy, json, sys, time
 import numpy as np, torch
 dataset, steps, n_users, precision, pretrain, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:7]
+from benchlib import timed_trainer_steps
 from multikg4rec import runtime
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
-from multikg4rec.sampling import BPRSampler
-from multikg4rec.training import Trainer, build_model, peak_rss_mb, seed_everything
+from multikg4rec.training import build_model, peak_rss_mb, seed_everything
 cfg = load_config("convncf", dataset, None, {"seed": 0, "threads": 1, "precision": precision,
                                             "pretrain_path": None if pretrain == "-" else pretrain})
 runtime.configure(cfg)
@@ -49,30 +46,20 @@ ds = load_dataset(dataset, cfg)
 m = build_model(cfg, ds).train()
 assert cfg["dropout"] == 0, "the training-mode scores below assume no dropout"
 fresh = copy.deepcopy(m)
-batches = [b for _, b in zip(range(steps + 3), BPRSampler(ds.train, ds.n_items, cfg["batch_size"],
-                                                          np.random.default_rng(0)))]
 users = torch.arange(ds.n_users)[:n_users]
-with tempfile.TemporaryDirectory() as tmp:
-    trainer = Trainer(m, ds, cfg, Path(tmp), quiet=True)
-    trainer._pass(batches[:3], m.calculate_loss, "warm-up")
-    t = time.perf_counter()
-    loss = trainer._pass(batches[3:], m.calculate_loss, "timed")
-    step_ms = (time.perf_counter() - t) / steps * 1e3
+steps_res = timed_trainer_steps(m, ds, cfg, steps)
 with torch.no_grad():                         # training-mode forward: the precision's products
     m.full_sort_predict(users[:2])
     t = time.perf_counter()
     m.full_sort_predict(users)
     eval_s = (time.perf_counter() - t) * ds.n_users / len(users)
     np.save(out, fresh.full_sort_predict(users).numpy())
-print(json.dumps({"step_ms": step_ms, "eval_s": eval_s, "peak_mb": peak_rss_mb(), "loss": loss}))
+print(json.dumps({"step_ms": steps_res["ms"], "eval_s": eval_s, "peak_mb": peak_rss_mb(), "loss": steps_res["loss"]}))
 """
 
 
 def child(args, precision: str, out: Path) -> dict:
-    p = subprocess.run([sys.executable, "-c", CHILD, args.dataset, str(args.steps), str(args.users), precision,
-                        args.pretrain or "-", str(out)],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, args.dataset, args.steps, args.users, precision, args.pretrain or "-", out)
 
 
 def topk_overlap(a: np.ndarray, b: np.ndarray, k: int = 20) -> float:
