@@ -1,6 +1,10 @@
-"""ConvNCF training steps, peak memory and time: whole layers through autograd (the default) vs the first two
-layers in blocks with the first layer recomputed in the backward pass (``ConvNCF.TRAIN_BLOCK = 1 << 23``,
-``_FirstTwoLayers``: blocks).
+"""ConvNCF training steps, peak memory and time, by how the first two layers are computed (``_FirstTwoLayers``):
+
+* ``autograd``: whole layers through plain autograd (``ConvNCF.TRAIN_WORKSPACE = False``; the default before
+  2026-12-02), e^(1) and its gradient allocated afresh at each step;
+* ``workspace`` (the default): whole layers, e^(1) and its gradient in buffers reused by every step;
+* ``workspace-glibc``: the same with glibc's default malloc thresholds (``tune_allocator: false``);
+* ``blocks``: blocks with the first layer recomputed in the backward pass (``ConvNCF.TRAIN_BLOCK = 1 << 23``).
 
 Each (variant, round) is its own child process (peak RSS is per process): load the data, build the model
 (random start, no BPR-MF file needed) and the Trainer, 3 warm-up CF steps, then ``--steps`` timed steps on
@@ -32,10 +36,12 @@ from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
 from multikg4rec.models.convncf import ConvNCF
 from multikg4rec.training import build_model, peak_rss_mb, seed_everything
-cfg = load_config("convncf", dataset, None, {"seed": 0, "threads": 1, "pretrain_path": None})
+cfg = load_config("convncf", dataset, None, {"seed": 0, "threads": 1, "pretrain_path": None,
+                                            "tune_allocator": variant != "workspace-glibc"})
 runtime.configure(cfg)
 if variant == "blocks":
     ConvNCF.TRAIN_BLOCK = 1 << 23
+ConvNCF.TRAIN_WORKSPACE = variant != "autograd"
 seed_everything(0)
 ds = load_dataset(dataset, cfg)
 m = build_model(cfg, ds).train()
@@ -43,6 +49,9 @@ r = timed_trainer_steps(m, ds, cfg, steps)
 print(json.dumps({"ms": r["ms"], "peak_mb": peak_rss_mb(), "built_mb": r["built_mb"], "end_mb": rss_mb(),
                   "loss": float(m.calculate_loss(r["batches"][0]))}))
 """
+
+
+VARIANTS = ("autograd", "workspace", "workspace-glibc", "blocks")
 
 
 def child(dataset: str, steps: int, variant: str) -> dict:
@@ -55,18 +64,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--write", type=Path)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     args = ap.parse_args()
-    variants = ("whole", "blocks")
+    variants = tuple(args.variants)
     res = {v: [] for v in variants}
     for r in range(args.rounds):
         for v in (variants if r % 2 == 0 else variants[::-1]):
             res[v].append(child(args.dataset, args.steps, v))
             print(v, res[v][-1], file=sys.stderr)
-    base = statistics.median(x["ms"] for x in res["whole"])
-    lines = [f"## ConvNCF training step: whole layers vs blocks ({args.dataset}, "
+    base = statistics.median(x["ms"] for x in res[variants[0]])
+    lines = [f"## ConvNCF training step: {' vs '.join(variants)} ({args.dataset}, "
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"`python bench/bench_convncf_memory.py --dataset {args.dataset} --steps {args.steps} "
-             f"--rounds {args.rounds}`; {platform.machine()}, 1 torch thread, tuned allocator (the default); "
+             f"--rounds {args.rounds} --variants {' '.join(variants)}`; {platform.machine()}, 1 torch thread, "
+             f"tuned allocator (the default) unless named; ratio: to {variants[0]}; "
              f"each cell: {args.rounds} child processes, alternating order, {args.steps} timed steps each; "
              f"1-min load average at the end {open('/proc/loadavg').read().split()[0]}.", "",
              "| variant | ms per step (median) | children | RSS after trainer built MB | peak RSS MB (max) | "

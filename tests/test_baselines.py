@@ -243,6 +243,36 @@ def test_convncf_training_gradients_match_the_conv2d_chain():
         assert torch.allclose(gb, r, atol=1e-5, rtol=1e-4)
 
 
+def test_convncf_training_workspace_gives_autograds_gradients_bit_for_bit():
+    """fp32 training keeps e^(1) and its gradient in buffers reused across steps (_Workspace, the default):
+    scores and every gradient equal plain autograd's exactly, over two steps of different batch sizes (the
+    smaller one reuses a prefix of the buffers, no new allocation); a backward pass whose workspace another
+    forward pass has overwritten raises instead of returning wrong gradients; eval mode drops the buffers."""
+    torch.manual_seed(0)
+    m = _convncf(toy_dataset(), 16, [8, 8, 8, 8])
+    with torch.no_grad():
+        m.conv_biases[0].fill_(-0.05)                                      # some first-layer units off
+    params = [*m.conv_weights, *m.conv_biases, m.predict.weight]
+    for n in (7, 3):
+        p, q = torch.randn(n, 16, requires_grad=True), torch.randn(n, 16, requires_grad=True)
+        got = {}
+        for ws in (True, False):
+            m.TRAIN_WORKSPACE = ws
+            y = m.score_pairs(p, q)
+            got[ws] = (y, *torch.autograd.grad((y * torch.arange(1.0, n + 1.0)).sum(), [*params, p, q]))
+        assert all(torch.equal(a, b) for a, b in zip(got[True], got[False]))
+        e1 = m._workspace.bufs["e1"]
+        assert e1.numel() == 7 * 64 * 8                                   # sized by the larger first batch
+    m.TRAIN_WORKSPACE = True
+    p, q = torch.randn(4, 16, requires_grad=True), torch.randn(4, 16, requires_grad=True)
+    y1 = m.score_pairs(p, q)
+    m.score_pairs(q, p)                                                    # overwrites y1's e^(1)
+    with pytest.raises(RuntimeError, match="reused the first layer's workspace"):
+        torch.autograd.grad(y1.sum(), params)
+    m.eval()
+    assert not m._workspace.bufs
+
+
 def test_convncf_bf16_trains_in_mixed_precision_and_scores_in_fp32():
     """precision: bf16 runs the CNN's products in bfloat16 (autocast) in training mode only: there the scores
     are fp32 values close to the fp32 model's (not rounded to bfloat16's 8 bits), gradients reach every CNN

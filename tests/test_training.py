@@ -120,6 +120,29 @@ def test_tune_allocator_takes_effect_on_glibc_and_changes_no_result(ml100k_small
     assert a["test"] == b["test"]
 
 
+def test_flush_denormal_is_set_per_run_and_keeps_the_run_name():
+    """runtime.configure turns flush-to-zero on for a run with flush_denormal: true (ConvNCF's default) and
+    off again for the next run without it (a sweep runs many in one process); like threads it is a process
+    setting, so it does not rename a run."""
+    import platform
+
+    from multikg4rec import config as C
+    from multikg4rec import runtime
+    tiny = torch.tensor([1e-39], dtype=torch.float32)             # a denormal float32
+    assert tiny.item() != 0
+    cfg = load_config("convncf", "ml-100k", None, {"seed": 3})
+    assert cfg["flush_denormal"] is True and load_config("bprmf", "ml-100k")["flush_denormal"] is False
+    try:
+        runtime.configure(cfg)
+        if platform.machine() in ("x86_64", "AMD64"):
+            assert (tiny * 1.0).item() == 0.0                      # DAZ: a denormal input counts as 0
+        runtime.configure(cfg | {"flush_denormal": False})
+        assert (tiny * 1.0).item() != 0.0
+    finally:
+        torch.set_flush_denormal(False)
+    assert C.config_hash(cfg | {"flush_denormal": False}) == C.config_hash(cfg)
+
+
 @pytest.mark.parametrize("model", ["bprmf", "lightgcn"])
 def test_one_model_trains_and_writes_artefacts(ml100k_small, tmp_path, model):
     res = run(_cfg(model, tmp_path), dataset=ml100k_small, quiet=True)

@@ -26,7 +26,8 @@ from .errors import UserError
 CONFIG_ROOT = resources.files("multikg4rec") / "configs"
 
 #: keys that describe where/how a run happens, not what it computes (excluded from the run hash)
-NON_SEMANTIC_KEYS = {"threads", "tune_allocator", "output_dir", "data_dir", "cache_dir", "eval_batch_size", "quiet"}
+NON_SEMANTIC_KEYS = {"threads", "tune_allocator", "flush_denormal", "output_dir", "data_dir", "cache_dir",
+                     "eval_batch_size", "quiet"}
 #: options added after runs were archived, with the value that reproduces the behaviour before them:
 #: left out of the hash at that value, so adding an option does not rename (and orphan) finished runs
 NEUTRAL_VALUES: dict[str, object] = {"kg_loss_triples": "ckg", "device": "cpu", "precision": "fp32"}

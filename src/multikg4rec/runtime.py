@@ -1,4 +1,4 @@
-"""Process-level settings of a run: torch threads and the C allocator.
+"""Process-level settings of a run: torch threads, the C allocator, flush-to-zero.
 
 Why the allocator (bench/results/allocator.md): a graph model's training step
 allocates and frees dozens of (n_nodes, d) tensors, each a few MB. glibc's malloc
@@ -60,6 +60,18 @@ def tune_allocator() -> bool:
     return ok
 
 
+def flush_denormal(on: bool) -> bool:
+    """Treat denormal floats (|x| < 1.2e-38 in float32) as zero in CPU arithmetic (x86 FTZ/DAZ through
+    ``torch.set_flush_denormal``), or stop. Arithmetic on denormals takes a slow path on x86 CPUs, and training
+    can fill a step with them (ConvNCF on ml-1m: steps grew up to 15.8x slower within 1,200 steps from random
+    embeddings, and Table 2's trainings from BPR-MF slowed ~10x in their third epoch;
+    ``bench/results/convncf_memory.md``). Like ``threads`` it is a process setting, not in the run hash: it
+    changes only values below 1.2e-38, which in float32 sums with anything of ordinary size vanish anyway (the
+    bench's losses agree to 6 decimals over 1,200 steps full of denormals). Returns whether the CPU supports it.
+    torch sets it for the calling thread (the one running the ops when ``threads`` is 1)."""
+    return bool(torch.set_flush_denormal(on))
+
+
 def release_memory() -> None:
     """Give the memory freed so far back to the system (``gc.collect`` + glibc ``malloc_trim``), e.g. between
     two runs of a sweep, so that the next run's peak RSS is its own and not the previous run's leftovers."""
@@ -75,8 +87,10 @@ def release_memory() -> None:
 
 def configure(cfg: dict) -> None:
     """Apply a run config's process settings: ``threads`` (torch intra-op threads,
-    null = torch's default) and ``tune_allocator`` (default true)."""
+    null = torch's default), ``tune_allocator`` (default true) and ``flush_denormal`` (default false; set for
+    every run, so a sweep's earlier run does not leave it on for the next)."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
+    flush_denormal(bool(cfg.get("flush_denormal", False)))
     if cfg.get("tune_allocator", True):
         tune_allocator()

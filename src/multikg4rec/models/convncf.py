@@ -18,11 +18,20 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
   and the next layer's patch matrix is a free reshape (no im2col copy). The weight
   ``W_l`` of shape (4 C_in, C_out) holds the conv kernel ``K[o, c, dr, dc]`` at
   ``W_l[(2 dr + dc) C_in + c, o]``; tests check it against ``F.conv2d``.
+* fp32 training computes layers 1-2 in ``_FirstTwoLayers``: the step's two largest tensors, the first
+  layer's activation e^(1) and its gradient (134 MB each for a batch of 512 on d = 64), live in buffers
+  reused by every step (``_Workspace``) instead of being allocated afresh; the same products as autograd's,
+  so the same gradients bit for bit. On ml-1m (150 steps): peak RSS 889 instead of 992-1,088 MB at 0.99x the
+  step time (``bench/results/convncf_memory.md``). ``ConvNCF.TRAIN_WORKSPACE = False`` restores plain
+  autograd.
+* ``flush_denormal: true`` in ``convncf.yaml`` (``multikg4rec.runtime.flush_denormal``): training fills
+  steps with denormal floats (products of two tiny embedding entries, vanishing gradients), which x86 CPUs
+  compute on a slow path: from random embeddings on ml-1m, steps 701-900 took 15.8x as long without it.
 * ``ConvNCF.TRAIN_BLOCK`` (class attribute, default None: off): training computes layers
   1-2 in blocks of that many first-layer floats and recomputes layer 1 in the backward
-  pass (``_FirstTwoLayers``): the same gradients without ever holding the whole
-  first-layer activation; on ml-1m a 400-step peak of 931 instead of 1,099 MB at 1.22x
-  the step time (``bench/results/convncf_memory.md``), so it is opt-in (e.g. ``1 << 23``).
+  pass: the same gradients without ever holding the whole first-layer activation; on
+  ml-1m no lower a peak than the workspace at 1.05x the step time, so it is opt-in
+  (e.g. ``1 << 23``).
 * ``precision: bf16`` (default ``fp32``): mixed-precision TRAINING. In training mode the CNN's matrix
   products run under ``torch.autocast`` in bfloat16 (bfloat16 inputs, fp32 accumulation, activations stored
   in bfloat16); the parameters (and Adam's state), the interaction map E, the prediction layer y = w^T g + b
@@ -119,18 +128,54 @@ def bprmf_run_dir(config: dict):
     return run_dir
 
 
+def _relu_grad_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """ReLU's backward pass in place: grad *= [out > 0], with autograd's own kernel (threshold_backward writing
+    into grad), one pass and no mask tensor (``grad.masked_fill_(out <= 0, 0)`` costs ~5x more on ml-1m)."""
+    return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
+
+
+class _Workspace:
+    """Buffers that outlive a training step: e^(1) and its gradient (134 MB each for a batch of 512 on d = 64),
+    allocated once and reused by every step (a smaller last batch uses a prefix), so a step allocates no
+    first-layer-sized tensor. ``token`` counts forward passes: a backward pass whose forward was not the last
+    one (its e^(1) overwritten since) raises instead of computing wrong gradients."""
+
+    def __init__(self):
+        self.bufs: dict[str, torch.Tensor] = {}
+        self.token = 0
+
+    def get(self, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self.bufs.get(name)
+        if buf is None or buf.numel() < n or buf.dtype != like.dtype or buf.device != like.device:
+            self.bufs.pop(name, None)                                   # freed before the larger one exists
+            buf = self.bufs[name] = like.new_empty(n)
+        return buf[:n].view(shape)
+
+
 class _FirstTwoLayers(torch.autograd.Function):
-    """conv_2(e^(1)) + b_2 with e^(1) = ReLU(conv_1(E) + b_1), both as matrix products over patches, in
-    blocks of ``rows`` first-layer positions; autograd's gradients, but e^(1) (the step's largest activation:
-    N d^2 / 4 x c_1 floats, 134 MB for a batch of 512 on d = 64) never exists whole: each block of it is
-    computed, used and dropped, and recomputed block by block in the backward pass from E (4x smaller),
-    with ReLU's gradient masked in place. Costs one more first-layer product (4 multiply-adds per e^(1)
-    entry, an eighth of layer 2's). Only the weight gradients' sums over blocks change order."""
+    """conv_2(e^(1)) + b_2 with e^(1) = ReLU(conv_1(E) + b_1), both as matrix products over patches, with
+    autograd's gradients (ReLU' = [e^(1) > 0]) but control over the step's largest tensors, e^(1) and its
+    gradient (N d^2 / 4 x c_1 floats each, 134 MB for a batch of 512 on d = 64), in one of two ways:
+
+    * ``ws`` (a :class:`_Workspace`, the default in fp32 training): whole layers, e^(1) and its gradient
+      written into buffers kept across steps (``out=``, ReLU's gradient in place) instead of allocated afresh at each step (two
+      first-layer-sized allocations fewer per step, and no heap growth from them); the same products as
+      autograd's, so the same gradients bit for bit (tests).
+    * ``rows`` (``ConvNCF.TRAIN_BLOCK``): blocks of ``rows`` first-layer positions; e^(1) never exists whole:
+      each block is computed, used and dropped, and recomputed block by block in the backward pass from E
+      (4x smaller), with ReLU's gradient in place. Costs one more first-layer product (4 multiply-adds
+      per e^(1) entry, an eighth of layer 2's). Only the weight gradients' sums over blocks change order."""
 
     @staticmethod
-    def forward(ctx, x0, w1, b1, w2, b2, rows):
+    def forward(ctx, x0, w1, b1, w2, b2, rows, ws):
         ctx.save_for_backward(x0, w1, b1, w2)
-        ctx.rows = rows
+        ctx.rows, ctx.ws = rows, ws
+        if ws is not None:                                              # whole layers, e^(1) in the workspace
+            x1 = torch.addmm(b1, x0, w1, out=ws.get("e1", (x0.shape[0], w1.shape[1]), x0)).relu_()
+            ws.token += 1
+            ctx.e1, ctx.token = x1, ws.token
+            return torch.addmm(b2, x1.view(-1, w2.shape[0]), w2)
         y2 = x0.new_empty(x0.shape[0] // 4, w2.shape[1])
         for s in range(0, x0.shape[0], rows):                           # rows % 4 == 0: whole layer-2 patches
             x1 = torch.addmm(b1, x0[s:s + rows], w1).relu_()
@@ -141,6 +186,17 @@ class _FirstTwoLayers(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g2):
         x0, w1, b1, w2 = ctx.saved_tensors
+        if ctx.ws is not None:
+            if ctx.ws.token != ctx.token:
+                raise RuntimeError("convncf: another forward pass reused the first layer's workspace before this "
+                                   "backward pass; run backward after each training forward pass (or set "
+                                   "ConvNCF.TRAIN_WORKSPACE = False)")
+            x1 = ctx.e1
+            g1 = torch.mm(g2, w2.t(), out=ctx.ws.get("g1", (g2.shape[0], w2.shape[0]), g2)).view(x1.shape)
+            _relu_grad_(g1, x1)
+            ctx.e1 = None
+            return (g1.mm(w1.t()), x0.t().mm(g1), g1.sum(0), x1.view(-1, w2.shape[0]).t().mm(g2), g2.sum(0),
+                    None, None)
         gx0, gw1, gw2 = torch.empty_like(x0), torch.zeros_like(w1), torch.zeros_like(w2)
         gb1 = torch.zeros_like(b1)
         for s in range(0, x0.shape[0], ctx.rows):
@@ -148,11 +204,11 @@ class _FirstTwoLayers(torch.autograd.Function):
             g2s = g2[s // 4:(s + ctx.rows) // 4]
             gw2.addmm_(x1.view(-1, w2.shape[0]).t(), g2s)
             g1 = g2s.mm(w2.t()).view(-1, w1.shape[1])
-            g1.masked_fill_(x1 <= 0, 0)                                 # ReLU': e^(1) > 0 (as autograd's)
+            _relu_grad_(g1, x1)
             gw1.addmm_(x0[s:s + ctx.rows].t(), g1)
             gb1 += g1.sum(0)
             torch.mm(g1, w1.t(), out=gx0[s:s + ctx.rows])
-        return gx0, gw1, gb1, gw2, g2.sum(0), None
+        return gx0, gw1, gb1, gw2, g2.sum(0), None, None
 
 
 class ConvNCF(Recommender):
@@ -163,6 +219,9 @@ class ConvNCF(Recommender):
     EVAL_BLOCK = 1 << 19
     #: floats of first-layer activations per block in a training step (_FirstTwoLayers); None: whole layers
     TRAIN_BLOCK: int | None = None
+    #: fp32 training with whole layers keeps e^(1) and its gradient in buffers reused by every step
+    #: (_Workspace); False: plain autograd, which allocates them afresh at each step
+    TRAIN_WORKSPACE: bool = True
 
     def __init__(self, dataset, config):
         super().__init__(dataset, config)
@@ -195,6 +254,7 @@ class ConvNCF(Recommender):
         if precision not in ("fp32", "bf16"):
             raise UserError(f"convncf: precision must be fp32 or bf16, got {precision!r}")
         self.bf16 = precision == "bf16"
+        self._workspace = _Workspace()
         rows, cols = morton_patch_index(d)
         self.register_buffer("patch_rows", rows, persistent=False)
         self.register_buffer("patch_cols", cols, persistent=False)
@@ -204,6 +264,15 @@ class ConvNCF(Recommender):
         else:
             log.warning("convncf: no pretrain_path: embeddings start at random (the paper initialises them "
                         "from BPR-MF; train `bprmf` first and pass its run directory)")
+
+    def train(self, mode: bool = True):
+        if not mode:
+            self._workspace = _Workspace()                              # evaluation does not need its buffers
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._workspace = _Workspace()          # a cache: the next step allocates it where the model now is
+        return super()._apply(fn, *args, **kwargs)
 
     def load_pretrained(self, path) -> None:
         """Copy user/item embeddings from a BPR-MF ``best_model.pt`` (or its run directory)."""
@@ -237,10 +306,12 @@ class ConvNCF(Recommender):
         """y from interaction maps in patch layout, (N, (d/2)^2, 4) -> (N,)."""
         n = x.shape[0]
         layers = list(zip(self.conv_weights, self.conv_biases))
-        if self.TRAIN_BLOCK and not self.bf16 and torch.is_grad_enabled() and len(layers) > 1:
-            (w1, b1), (w2, b2) = layers[:2]                             # layers 1-2 without keeping e^(1)
-            rows = max(4, self.TRAIN_BLOCK // w1.shape[1] // 4 * 4)
-            x = _FirstTwoLayers.apply(x.reshape(-1, w1.shape[0]), w1, b1, w2, b2, rows).relu_()
+        if ((self.TRAIN_BLOCK or self.TRAIN_WORKSPACE) and not self.bf16 and torch.is_grad_enabled()
+                and len(layers) > 1):
+            (w1, b1), (w2, b2) = layers[:2]                             # layers 1-2, e^(1) in blocks or reused
+            rows = max(4, self.TRAIN_BLOCK // w1.shape[1] // 4 * 4) if self.TRAIN_BLOCK else None
+            x = _FirstTwoLayers.apply(x.reshape(-1, w1.shape[0]), w1, b1, w2, b2, rows,
+                                      None if rows else self._workspace).relu_()
             layers = layers[2:]
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16 and self.training):
             for w, b in layers:
