@@ -130,7 +130,7 @@ def bprmf_run_dir(config: dict):
 
 def _relu_grad_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """ReLU's backward pass in place: grad *= [out > 0], with autograd's own kernel (threshold_backward writing
-    into grad), one pass and no mask tensor (``grad.masked_fill_(out <= 0, 0)`` costs ~5x more on ml-1m)."""
+    into grad): one pass and no mask tensor, unlike ``grad.masked_fill_(out <= 0, 0)``."""
     return torch.ops.aten.threshold_backward.grad_input(grad, out, 0, grad_input=grad)
 
 
