@@ -173,6 +173,10 @@ def run_recbole(recbole_model: str, run_dir: str, seed: int, args, extra: tuple[
         cmd += ["--epochs", str(args.epochs)]
     if args.no_eval and not pretrain:
         cmd += ["--no-eval"]
+    # the same process settings as ours (ConvNCF: flush-to-zero)
+    ours_cfg = Path(run_dir) / "config.yaml"
+    if not pretrain and ours_cfg.is_file() and load_yaml_file(run_dir).get("flush_denormal"):
+        cmd += ["--flush-denormal"]
     if not pretrain:   # resumable: a killed compare.py, run again, continues RecBole's run from its last epoch
         tag = f"{recbole_model}-{Path(run_dir).name}-seed{seed}" + (f"-e{args.epochs}" if args.epochs else "") + \
             ("-noeval" if args.no_eval else "")

@@ -346,6 +346,8 @@ def main(argv=None) -> dict:
                     "the training state is saved there before every epoch, and a killed run started again with "
                     "the same arguments continues from its last finished epoch (removed when the run ends)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--flush-denormal", action="store_true", help="treat denormal floats as zero (x86 FTZ/DAZ, "
+                    "torch.set_flush_denormal): what our run does when its config has flush_denormal: true")
     ap.add_argument("--out", default="bench/out/recbole", help="folder for the JSON result")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=YAML",
                     help="extra RecBole config (wins over the mapping), e.g. --set train_batch_size=4096")
@@ -369,6 +371,7 @@ def main(argv=None) -> dict:
 
     import torch
     torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(args.flush_denormal)
 
     kg = model in KG_MODELS
     if args.state_dir:
@@ -477,7 +480,7 @@ def main(argv=None) -> dict:
         "n_test_users": int(len(test_data.uid_list)) if hasattr(test_data, "uid_list") else None,
         "config": {k: cfg[k] for k in sorted(mapped)} | {"epochs": cfg.get("epochs")},
         "mapped_from": origin, "model_fixed": MODEL_FIXED.get(model, {}), "extra_set": args.set, "left_at_recbole_default": {k: config[k] for k in left_default},
-        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "flush_denormal": args.flush_denormal, "torch": torch.__version__,
         "recbole": __import__("recbole").__version__,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "saved_model_file": str(Path(trainer.saved_model_file).resolve()) if args.keep else None,
