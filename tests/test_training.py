@@ -138,8 +138,22 @@ def test_flush_denormal_is_set_per_run_and_keeps_the_run_name():
             assert (tiny * 1.0).item() == 0.0                      # DAZ: a denormal input counts as 0
         runtime.configure(cfg | {"flush_denormal": False})
         assert (tiny * 1.0).item() != 0.0
+        if platform.machine() in ("x86_64", "AMD64"):              # every thread of a 2-thread op flushes
+            threads = torch.get_num_threads()
+            try:
+                torch.set_num_threads(2)
+                many = torch.full((1 << 22,), 1e-39)
+                assert ((many * 1.0) != 0).all()                  # the pool exists and does not flush yet
+                runtime.configure(cfg | {"threads": 2})
+                assert ((many * 1.0) == 0).all()
+                assert ((many.view(2048, 2048) @ many.view(2048, 2048).new_full((2048, 64), 1e20)) == 0).all()
+                runtime.configure(cfg | {"threads": 1, "flush_denormal": False})   # a 1-thread run after it
+                torch.set_num_threads(2)
+                assert ((many * 1.0) != 0).all()                  # ... cleared the pool threads too
+            finally:
+                torch.set_num_threads(threads)
     finally:
-        torch.set_flush_denormal(False)
+        runtime.flush_denormal(False)                              # main thread and pool, for later tests
     assert C.config_hash(cfg | {"flush_denormal": False}) == C.config_hash(cfg)
 
 

@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import logging
+import os
 import platform
 
 import torch
@@ -69,8 +70,43 @@ def flush_denormal(on: bool) -> bool:
     the thread count it moves results in their last bits only (it zeroes values below 1.2e-38; Table 2's
     ConvNCF ml-1m seed 0: the same epoch-1 mean loss to the bit, epoch 2's 0.33975203237 against 0.33975203241
     without it; the bench's losses agree to 6 decimals over 1,200 steps full of denormals). Returns whether the
-    CPU supports it. torch sets it for the calling thread (the one running the ops when ``threads`` is 1)."""
-    return bool(torch.set_flush_denormal(on))
+    CPU supports it. ``torch.set_flush_denormal`` sets it for the calling thread only; with ``threads`` > 1
+    it is also set on each thread of torch's OpenMP pool (:func:`_on_each_omp_thread`), which computes the
+    other threads' shares of every op (without that, half of a 2-thread op stayed unflushed; tested)."""
+    global _pool_threads
+    ok = bool(torch.set_flush_denormal(on))
+    _pool_threads = max(_pool_threads, torch.get_num_threads())
+    # every pool thread, also when this run uses 1 thread: an earlier run's setting must not linger there
+    if ok and _pool_threads > 1 and not _on_each_omp_thread(lambda: torch.set_flush_denormal(on), _pool_threads):
+        log.warning("flush_denormal: torch's OpenMP library not found; only the main thread flushes "
+                    "denormals (use threads: 1)")
+    return ok
+
+
+#: the largest torch thread count this process has used (torch's default, or a run's ``threads``): torch's
+#: OpenMP pool may hold that many threads, each with its own flush-to-zero flag
+_pool_threads = torch.get_num_threads()
+
+
+def _on_each_omp_thread(fn, n: int) -> bool:
+    """Run ``fn()`` once on each of ``n`` threads of torch's GNU OpenMP pool (``GOMP_parallel`` through
+    ctypes), e.g. to set a per-thread CPU flag. False where torch's libgomp is not loaded."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as f:
+            paths = sorted({line.split()[-1] for line in f if "libgomp" in line.rsplit("/", 1)[-1]})
+    except OSError:
+        return False
+    torch_dir = os.path.dirname(torch.__file__) + os.sep            # other wheels (scikit-learn, ...) bring
+    paths = [p for p in paths if p.startswith(torch_dir)] or paths  # their own libgomp with its own pool
+    if len(paths) != 1:
+        return False
+    gomp = ctypes.CDLL(paths[0])                                    # the library torch loaded (same handle)
+    callback_type = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+    callback = callback_type(lambda _: fn())
+    gomp.GOMP_parallel.argtypes = [callback_type, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    gomp.GOMP_parallel.restype = None
+    gomp.GOMP_parallel(callback, None, n, 0)
+    return True
 
 
 def release_memory() -> None:

@@ -159,9 +159,9 @@ class _FirstTwoLayers(torch.autograd.Function):
     gradient (N d^2 / 4 x c_1 floats each, 134 MB for a batch of 512 on d = 64), in one of two ways:
 
     * ``ws`` (a :class:`_Workspace`, the default in fp32 training): whole layers, e^(1) and its gradient
-      written into buffers kept across steps (``out=``, ReLU's gradient in place) instead of allocated afresh at each step (two
-      first-layer-sized allocations fewer per step, and no heap growth from them); the same products as
-      autograd's, so the same gradients bit for bit (tests).
+      written into buffers kept across steps (``out=``, ReLU's gradient in place) instead of allocated afresh
+      at each step (two first-layer-sized allocations fewer per step, and no heap growth from them); the same
+      products as autograd's, so the same gradients bit for bit (tests).
     * ``rows`` (``ConvNCF.TRAIN_BLOCK``): blocks of ``rows`` first-layer positions; e^(1) never exists whole:
       each block is computed, used and dropped, and recomputed block by block in the backward pass from E
       (4x smaller), with ReLU's gradient in place. Costs one more first-layer product (4 multiply-adds
