@@ -120,6 +120,30 @@ def test_tune_allocator_takes_effect_on_glibc_and_changes_no_result(ml100k_small
     assert a["test"] == b["test"]
 
 
+def test_run_commit_says_when_the_package_code_is_uncommitted(tmp_path):
+    """A run records the commit its code came from, marked +dirty when tracked files of the package differ
+    from it (untracked files and files outside the package do not count); None outside a git checkout."""
+    import subprocess
+
+    from multikg4rec.training import _git_commit
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa
+                                    check=True, capture_output=True)
+    assert _git_commit(tmp_path) is None
+    git("init", "-q")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "m.py").write_text("x = 1\n")
+    (tmp_path / "README").write_text("r\n")
+    git("add", "-A")
+    git("commit", "-qm", "c")
+    head = _git_commit(tmp_path / "pkg")
+    assert head and "+" not in head
+    (tmp_path / "pkg" / "new.py").write_text("")                     # untracked: not dirty
+    (tmp_path / "README").write_text("changed\n")                    # outside the package: not dirty
+    assert _git_commit(tmp_path / "pkg") == head
+    (tmp_path / "pkg" / "m.py").write_text("x = 2\n")
+    assert _git_commit(tmp_path / "pkg") == head + "+dirty"
+
+
 def test_flush_denormal_is_set_per_run_and_keeps_the_run_name():
     """runtime.configure turns flush-to-zero on for a run with flush_denormal: true (ConvNCF's default) and
     off again for the next run without it (a sweep runs many in one process); like threads it is a process

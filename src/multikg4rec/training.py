@@ -78,10 +78,16 @@ def reset_peak_rss() -> None:
         pass
 
 
-def _git_commit() -> str | None:
+def _git_commit(where: Path = Path(__file__).parent) -> str | None:
+    """The short commit of the checkout the code runs from, with ``+dirty`` when tracked files under ``where``
+    (the package) differ from it: a run started from uncommitted code says so. None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where, timeout=5).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+        head = git("rev-parse", "--short", "HEAD")
+        if not head:
+            return None
+        return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
     except (OSError, subprocess.SubprocessError):
         return None
 
