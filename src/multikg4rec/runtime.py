@@ -61,6 +61,11 @@ def tune_allocator() -> bool:
     return ok
 
 
+#: the largest torch thread count this process has used (torch's default, or a run's ``threads``): torch's
+#: OpenMP pool may hold that many threads, each with its own flush-to-zero flag
+_pool_threads = torch.get_num_threads()
+
+
 def flush_denormal(on: bool) -> bool:
     """Treat denormal floats (|x| < 1.2e-38 in float32) as zero in CPU arithmetic (x86 FTZ/DAZ through
     ``torch.set_flush_denormal``), or stop. Arithmetic on denormals takes a slow path on x86 CPUs, and training
@@ -81,11 +86,6 @@ def flush_denormal(on: bool) -> bool:
         log.warning("flush_denormal: torch's OpenMP library not found; only the main thread flushes "
                     "denormals (use threads: 1)")
     return ok
-
-
-#: the largest torch thread count this process has used (torch's default, or a run's ``threads``): torch's
-#: OpenMP pool may hold that many threads, each with its own flush-to-zero flag
-_pool_threads = torch.get_num_threads()
 
 
 def _on_each_omp_thread(fn, n: int) -> bool:

@@ -30,8 +30,8 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
 * ``ConvNCF.TRAIN_BLOCK`` (class attribute, default None: off): training computes layers
   1-2 in blocks of that many first-layer floats and recomputes layer 1 in the backward
   pass: the same gradients without ever holding the whole first-layer activation; on
-  ml-1m no lower a peak than the workspace at 1.05x the step time, so it is opt-in
-  (e.g. ``1 << 23``).
+  ml-1m about the workspace's peak (881-993 vs 889 MB over 150 steps) at 1.05x the step
+  time, so it is opt-in (e.g. ``1 << 23``).
 * ``precision: bf16`` (default ``fp32``): mixed-precision TRAINING. In training mode the CNN's matrix
   products run under ``torch.autocast`` in bfloat16 (bfloat16 inputs, fp32 accumulation, activations stored
   in bfloat16); the parameters (and Adam's state), the interaction map E, the prediction layer y = w^T g + b
