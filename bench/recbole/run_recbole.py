@@ -289,7 +289,7 @@ class ResumeState:
                  "optimizer": t.optimizer.state_dict(), "train_loss_dict": dict(t.train_loss_dict),
                  "epoch_seconds": list(self.epoch_seconds), "best_epoch": self.best.get("epoch"),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                         "loader": self.train_data.generator.get_state()}}
+                         "loader": [g.get_state() for g in loader_generators(self.train_data)]}}
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
@@ -320,9 +320,19 @@ class ResumeState:
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
-        self.train_data.generator.set_state(state["rng"]["loader"])
+        saved = state["rng"]["loader"]
+        for g, st in zip(loader_generators(self.train_data), saved if isinstance(saved, list) else [saved]):
+            g.set_state(st)
         print(f"run_recbole: resumed from {self.path} before epoch {state['next_epoch'] + 1} (1-based)",
               file=sys.stderr, flush=True)
+
+
+def loader_generators(loader) -> list:
+    """The torch generators that shuffle a RecBole train loader: its own, or for a
+    knowledge-based model (KGAT, CKE, KGCN) those of its interaction and KG loaders."""
+    if hasattr(loader, "generator"):
+        return [loader.generator]
+    return [part.generator for part in (loader.general_dataloader, loader.kg_dataloader)]
 
 
 def peak_rss_mb() -> float:
