@@ -28,14 +28,19 @@ def main() -> None:
     p.add_argument("--data-dir", default=os.environ.get("MULTIKG4REC_DATA",
                                                         str(Path(__file__).resolve().parents[2] / "shared" / "data")))
     p.add_argument("--write", help="also append the markdown table to this file")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     a = p.parse_args()
-    torch.set_num_threads(1)
-    from multikg4rec.config import load_config
+    torch.set_num_threads(a.threads)
+    from multikg4rec.config import load_config, parse_value
     from multikg4rec.data import load_dataset
     from multikg4rec.sampling import BPRSampler, KGSampler
     from multikg4rec.training import build_model, seed_everything
 
-    cfg = load_config("multikg4rec", a.dataset, None, {"data_dir": a.data_dir})
+    over = {k: parse_value(v) for k, _, v in (s.partition("=") for s in a.set)}
+    cfg = load_config("multikg4rec", a.dataset, None, over | {"data_dir": a.data_dir, "threads": a.threads})
+    from multikg4rec import runtime
+    runtime.configure(cfg)                              # torch threads, malloc thresholds (as a run)
     seed_everything(cfg["seed"])
     ds = load_dataset(a.dataset, cfg, data_dir=a.data_dir)
     m = build_model(cfg, ds)
@@ -94,8 +99,9 @@ def main() -> None:
     one = rows[3][1]
     md = "\n".join([
         f"## One Multi-KG4Rec CF step, part by part, {a.dataset}", "",
-        f"`python bench/bench_multikg4rec_step.py --dataset {a.dataset}`", "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1 torch thread; torch {torch.__version__}; "
+        f"`python bench/bench_multikg4rec_step.py --dataset {a.dataset} --threads {a.threads}"
+        + "".join(f" --set {s}" for s in a.set) + "`", "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {a.threads} torch thread(s); torch {torch.__version__}; "
         f"CF batch {cfg['batch_size']}, {ds.ckg().n_nodes:,} CKG nodes, {len(ds.ckg().head):,} CKG edges; "
         f"median of {a.repeat}; load average (1 min) {load0:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
         "| part | ms | x one propagation |", "|---|---|---|",

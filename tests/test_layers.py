@@ -94,6 +94,23 @@ def test_sparse_adjacency_matches_dense_with_duplicates_and_gradients():
     assert torch.allclose(adj.to_dense(), dense.detach())
 
 
+def test_spmm_hands_torch_int32_indices_and_gets_the_int64_result():
+    """The CSR index tensors go to torch's SpMM as int32 (computed once; MKL would convert int64 ones at every
+    call): same products as with int64 indices, for A, its cached transpose, with_values copies and row slices."""
+    g = torch.Generator().manual_seed(0)
+    n, e = 50, 400
+    row, col = torch.randint(0, n, (e,), generator=g), torch.randint(0, 40, (e,), generator=g)
+    adj = SparseAdjacency.from_edges(row, col, torch.rand(e, generator=g), (n, 40))
+    x, gout = torch.randn(40, 8, generator=g, requires_grad=True), torch.randn(n, 8, generator=g)
+    assert adj.csr().crow_indices().dtype == torch.int32 and adj.csr_t().col_indices().dtype == torch.int32
+    for a in (adj, adj.with_values(torch.rand(e, generator=g)), adj.row_slice(torch.tensor([3, 0, 7]))):
+        ref = torch.sparse_csr_tensor(a.crow, a.col, a.values, a.shape).to_dense()      # int64 indices
+        out = a.matmul(x)
+        (gx,) = torch.autograd.grad((out * gout[: out.shape[0]]).sum(), [x])
+        assert torch.allclose(out, ref @ x, atol=1e-6)
+        assert torch.allclose(gx, ref.T @ gout[: out.shape[0]], atol=1e-6)
+
+
 # --------------------------------------------------------------------------- attention
 
 def test_attention_scores_match_loop_and_rows_sum_to_one():

@@ -47,6 +47,16 @@ AGGREGATORS = ("bi-interaction", "gcn", "graphsage")
 
 
 
+def _index32(*index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """CSR index tensors as int32 where they fit: torch's CPU SpMM (MKL) converts int64
+    indices to int32 copies at every call (ml-1m's CKG: 1.65M column ids, twice per
+    propagation layer); given int32 it uses them as they are, with the same result.
+    Measured: bench/results/kg_epoch.md."""
+    if all(t.numel() == 0 or int(t.max()) < 2 ** 31 - 1 for t in index):
+        return tuple(t.to(torch.int32) for t in index)
+    return index
+
+
 def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
     """A torch CSR tensor without torch's "beta" warning: the subset used here
     (construction + SpMM with a dense matrix) is tested against dense products."""
@@ -176,6 +186,8 @@ class SparseAdjacency:
         self._with_cache: list = []  # [(values, version, SparseAdjacency)], see with_values
         self._slice_struct: list = []  # [(rows, edge ids, structure)], shared by with_values copies
         self._slice_cache = None  # (rows key, SparseAdjacency), see row_slice
+        self._i32 = None  # (crow, col) as handed to torch's SpMM, see _index32
+        self._t32 = None  # the same for the transpose
 
     @classmethod
     def from_edges(cls, row: torch.Tensor, col: torch.Tensor, values: torch.Tensor | None,
@@ -214,6 +226,7 @@ class SparseAdjacency:
         out = SparseAdjacency(self.row, self.col, values, self.shape, crow=self.crow, perm=self.perm)
         out._t_cache = self._transpose_structure()
         out._slice_struct = self._slice_struct
+        out._i32, out._t32 = self._spmm_index(), self._spmm_index(transpose=True)
         self._with_cache = [(values, values._version, out)] + self._with_cache[:3]
         return out
 
@@ -250,7 +263,17 @@ class SparseAdjacency:
 
     def csr(self, values: torch.Tensor | None = None) -> torch.Tensor:
         v = self.values if values is None else values
-        return _csr_tensor(self.crow, self.col, v.detach(), self.shape)
+        return _csr_tensor(*self._spmm_index(), v.detach(), self.shape)
+
+    def _spmm_index(self, transpose: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(crow, col) of A (or A^T) as handed to torch's SpMM: int32 when they fit (computed once)."""
+        if transpose:
+            if self._t32 is None:
+                self._t32 = _index32(*self._transpose_structure()[:2])
+            return self._t32
+        if self._i32 is None:
+            self._i32 = _index32(self.crow, self.col)
+        return self._i32
 
     def _transpose_structure(self):
         if self._t_cache is None:
@@ -268,7 +291,7 @@ class SparseAdjacency:
         key = (v.data_ptr(), v._version)
         if own and self._vt_cache is not None and self._vt_cache[0] == key:
             return self._vt_cache[1]
-        out = _csr_tensor(crow_t, col_t, v[perm_t], (self.shape[1], self.shape[0]))
+        out = _csr_tensor(*self._spmm_index(transpose=True), v[perm_t], (self.shape[1], self.shape[0]))
         if own:
             self._vt_cache = (key, out)
         return out

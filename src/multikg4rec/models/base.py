@@ -141,6 +141,24 @@ class Recommender(nn.Module):
         return (u_all.index_select(0, batch["users"]), i_all.index_select(0, batch["pos_items"]),
                 i_all.index_select(0, batch["neg_items"]))
 
+    def propagated_bpr(self, out: torch.Tensor, batch: dict, layer0: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """BPR and the batch L2 term of a KGAT-style model (SPEC §5-6) from its final rows.
+
+        out: (n_items + n_users, D), e* of every item, then every user; layer0: the
+        (n_nodes, d) layer-0 tables over the CKG's nodes (KGAT: one; Multi-KG4Rec: one per
+        modality table). The batch's rows are ONE gather from ``out`` and one per layer-0
+        table: each gather's backward fills one zero buffer of its source's size, where
+        slicing users and items out of ``out`` first costs two more (bench/results/kg_epoch.md).
+        Returns (bpr, l2): SPEC §6's mean -ln sigma( y(u, i) - y(u, j) ) and ||Theta||^2 / 2 of the
+        batch's layer-0 rows, averaged over the batch."""
+        users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
+        sizes = [len(users), len(pos), len(neg)]
+        rows = out.index_select(0, torch.cat([users + self.n_items, pos, neg]))
+        nodes = torch.cat([users + self.n_entities, pos, neg])
+        ego = torch.cat([t.index_select(0, nodes) for t in layer0], dim=1) if len(layer0) > 1 \
+            else layer0[0].index_select(0, nodes)
+        return self.bpr(*rows.split(sizes)), self.l2_reg(*ego.split(sizes))
+
     @staticmethod
     def bpr(u: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         """BPR (SPEC §6): mean -ln sigma( y(u, i) - y(u, j) ) with y the inner product."""

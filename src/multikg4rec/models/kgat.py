@@ -91,13 +91,9 @@ class KGAT(Recommender):
         return out[self.n_items:], out[: self.n_items]
 
     def calculate_loss(self, batch):
-        users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
-        u_all, i_all = self.propagate()
-        bpr = self.bpr(*self.batch_rows(u_all, i_all, batch))              # Eq. 12-13
-        ego = self.node_emb.weight
-        ids = torch.cat([users + self.n_entities, pos, neg])   # one gather = one (n_nodes, d) buffer in backward
-        reg = self.l2_reg(*ego.index_select(0, ids).split([len(users), len(pos), len(neg)]))  # Eq. 15, lambda
-        return bpr + self.reg_weight * reg
+        out = self.propagation(self.node_emb.weight, self.adjacency, rows=self.ui_rows)  # Eq. 11, items then users
+        bpr, reg = self.propagated_bpr(out, batch, [self.node_emb.weight])                 # Eq. 12-13
+        return bpr + self.reg_weight * reg                                               # Eq. 15, lambda
 
     def calculate_kg_loss(self, batch):
         h, pt, nt = batch["heads"], batch["pos_tails"], batch["neg_tails"]

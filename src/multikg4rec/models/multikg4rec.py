@@ -386,26 +386,26 @@ class MultiKG4Rec(Recommender):
     def on_epoch_end(self, epoch: int) -> None:
         self.update_attention()
 
-    def propagate(self, items: torch.Tensor | None = None):
-        """Final embeddings (SPEC §5): users (n_users, D), items (n_items, D) with
+    def _final(self, items: torch.Tensor | None = None):
+        """e* of every item and user (SPEC §5): (n_items + n_users, D), items first, with
         D = len(tables) * (d + sum(layers)); and the layer-0 tables (for the L2 term)."""
         pre = self.pre_tables()
         fused = self._fused_items(pre, items) if self.use_fusion else None
         l0 = self.layer0(pre, fused)
-        outs = [self.propagation[t](l0[t], self.adjacency(t), rows=self.ui_rows)  # e^(0) || ... || e^(L)
-                for t in self.tables]                                           # (items, then users)
-        out = torch.cat(outs, dim=1)                                          # e* = e^{v*} || e^{t*}
+        outs = [e for t in self.tables                                         # e^(0), ..., e^(L) per table
+                for e in self.propagation[t](l0[t], self.adjacency(t), rows=self.ui_rows, return_layers=True)]
+        return torch.cat(outs, dim=1), l0                     # e* = e^{v*} || e^{t*}, e^{m*} = e^{m(0)} || ... || e^{m(L)}
+
+    def propagate(self, items: torch.Tensor | None = None):
+        """Final embeddings (SPEC §5): users (n_users, D), items (n_items, D); and the layer-0 tables."""
+        out, l0 = self._final(items)
         return out[self.n_items:], out[: self.n_items], l0
 
     # ------------------------------------------------------------------ §5-§6 prediction and loss
     def calculate_loss(self, batch):
-        users, pos, neg = batch["users"], batch["pos_items"], batch["neg_items"]
-        u_all, i_all, l0 = self.propagate(torch.cat([pos, neg]))
-        bpr = self.bpr(*self.batch_rows(u_all, i_all, batch))              # L_CF, y(u, i) = e_u*^T e_i*
-        ids = torch.cat([users + self.n_entities, pos, neg])                  # one gather per table
-        ego = torch.cat([l0[t].index_select(0, ids) for t in self.tables], dim=1)
-        reg = self.l2_reg(*ego.split([len(users), len(pos), len(neg)]))      # lambda ||Theta||^2 (batch)
-        return bpr + self.reg_weight * reg
+        out, l0 = self._final(torch.cat([batch["pos_items"], batch["neg_items"]]))
+        bpr, reg = self.propagated_bpr(out, batch, [l0[t] for t in self.tables])  # L_CF, y(u, i) = e_u*^T e_i*
+        return bpr + self.reg_weight * reg                                    # + lambda ||Theta||^2 (batch)
 
     def prepare_eval(self) -> None:
         with torch.no_grad():
