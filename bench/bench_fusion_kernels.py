@@ -8,7 +8,9 @@
    ``CrossModalAttention`` calls it), fwd+bwd, in four formulations that give the same output: torch's fused
    ``scaled_dot_product_attention`` with a boolean mask (what the model uses) or an additive float mask, and
    the explicit softmax(QK^T / sqrt(d_k)) V with ``masked_fill`` or with ``baddbmm`` and an additive mask.
-Medians of ``--repeat`` runs after 3 warm-ups; 1 torch thread.
+3. One residual-branch dropout of the blocks ((items, N, d), p = 0.1), fwd+bwd: ``nn.Dropout`` (one Bernoulli
+   draw per element) against ``layers.MessageDropout`` (16 random bits per element; what the blocks use).
+Medians of ``--repeat`` runs after 3 warm-ups; 1 torch thread (``--threads``).
 """
 from __future__ import annotations
 
@@ -26,13 +28,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--items", type=int, default=256)
     p.add_argument("--repeat", type=int, default=10)
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--write", help="also append the markdown to this file")
     a = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     from torch.profiler import ProfilerActivity, profile
 
     from multikg4rec.fusion import BiTransformer
+    from multikg4rec.layers import MessageDropout
 
     load0 = os.getloadavg()[0]
     B, N, d, H = a.items, 16, 64, 8
@@ -84,10 +88,15 @@ def main() -> None:
         torch.testing.assert_close(fn(), ref, rtol=1e-4, atol=1e-5)
         kernels.append((name, median_ms(lambda: fn().sum().backward(), a.repeat, warmup=3)))
 
+    xd = torch.randn(B, N, d, requires_grad=True)
+    drops = [(name, median_ms(lambda: drop.train()(xd).sum().backward(), a.repeat, warmup=3))
+             for name, drop in [("nn.Dropout(0.1)", torch.nn.Dropout(0.1)),
+                                ("MessageDropout(0.1) (the blocks')", MessageDropout(0.1))]]
+
     md = "\n".join([
-        f"## The fusion module on one CPU core: ops and attention kernels ({a.items} items)", "",
-        f"`python bench/bench_fusion_kernels.py --items {a.items}`", "",
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 1 torch thread; torch {torch.__version__}; median "
+        f"## The fusion module on {a.threads} CPU thread(s): ops, attention kernels, dropout ({a.items} items)", "",
+        f"`python bench/bench_fusion_kernels.py --items {a.items} --threads {a.threads}`", "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {a.threads} torch thread(s); torch {torch.__version__}; median "
         f"of {a.repeat}; load average (1 min) {load0:.1f} before, {os.getloadavg()[0]:.1f} after.", "",
         f"Fusion of {B} items (2 modalities, 3 blocks, 8 heads, N = {N}), training mode, fwd+bwd: "
         f"**{fusion_ms:.0f} ms**. Largest ops by self CPU time (torch.profiler, 5 steps):", "",
@@ -96,7 +105,11 @@ def main() -> None:
         f"One block's cross-modal attention alone ({B} items x {H} heads, {Lq} queries over {Lk} keys, d_k = {dk}), "
         "fwd+bwd, same output:", "",
         "| formulation | ms |", "|---|---|",
-        *[f"| {n} | {ms:.1f} |" for n, ms in kernels], ""])
+        *[f"| {n} | {ms:.1f} |" for n, ms in kernels], "",
+        f"One residual-branch dropout, ({B}, {N}, {d}), fwd+bwd (8 per fusion step: 2 modalities x 2 branches x "
+        "the 2 blocks that output every row):", "",
+        "| dropout | ms |", "|---|---|",
+        *[f"| {n} | {ms:.2f} |" for n, ms in drops], ""])
     emit(md, a.write)
 
 

@@ -3,7 +3,8 @@
     python bench/bench_spmm_layout.py [--dataset ml-1m] [--dim 64] [--rounds 6] [--write bench/results/propagation.md]
 
 One ``torch.sparse.mm(A, X)`` (A: the dataset's CKG with inverse edges and random attention-like values, CSR;
-X: (n_nodes, dim)), the product every propagation layer runs forward and (with A^T) backward, on 1 thread,
+X: (n_nodes, dim)), the product every propagation layer runs forward and (with A^T) backward, on 1 thread
+(``--threads``),
 for four layouts of the same matrix:
 
 * ``int64``: the node order of ``Dataset.ckg()`` (entities, then users) and int64 indices (what
@@ -38,11 +39,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--data-dir", default=os.environ.get("MULTIKG4REC_DATA"))
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--write", help="also append the markdown to this file")
     a = p.parse_args()
     warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     from multikg4rec.data import load_dataset
 
     load0 = os.getloadavg()[0]
@@ -85,9 +87,9 @@ def main() -> None:
     md = f"""
 ## SpMM layout of the CKG, {a.dataset} ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})
 
-`python bench/bench_spmm_layout.py --dataset {a.dataset} --dim {a.dim} --rounds {a.rounds}`
+`python bench/bench_spmm_layout.py --dataset {a.dataset} --dim {a.dim} --rounds {a.rounds} --threads {a.threads}`
 
-{platform.machine()}, {os.cpu_count()} visible CPUs, 1 torch thread, torch {torch.__version__}; {n:,} nodes,
+{platform.machine()}, {os.cpu_count()} visible CPUs, {a.threads} torch thread(s), torch {torch.__version__}; {n:,} nodes,
 {len(head):,} edges, X {n:,} x {a.dim}; median over {a.rounds} alternating rounds of the median of 5 calls; load
 average (1 min) {load0:.1f} before, {os.getloadavg()[0]:.1f} after.
 

@@ -429,6 +429,6 @@ def test_cf_loss_is_bpr_plus_l2_of_the_layer0_rows_by_a_plain_loop(ml100k_small,
         y_ui, y_uj = float(u_all[u] @ i_all[i]), float(u_all[u] @ i_all[j])
         bpr += -np.log(1.0 / (1.0 + np.exp(-(y_ui - y_uj))))
         for node in (m.n_entities + u, i, j):               # CKG node ids: users after the entities
-            reg += sum(float(t[node].pow(2).sum()) for t in layer0)
+            reg += sum(float(t[node].detach().pow(2).sum()) for t in layer0)
     n = len(cf["users"])
     assert loss.item() == pytest.approx(bpr / n + lam * reg / (2 * n), rel=1e-5)

@@ -273,8 +273,9 @@ class BiTransformerBlock(nn.Module):
     attention probabilities: that keeps the fused attention kernel, whose CPU
     version falls back to a much slower path when asked for attention dropout. It is
     :class:`~multikg4rec.layers.MessageDropout` (inverted dropout, 16 random bits per
-    element: 0.69 vs 1.79 ms fwd+bwd for a (256, 16, 64) tensor against ``nn.Dropout``,
-    ~4% of a Multi-KG4Rec CF step on ml-1m; bench/results/kg_epoch.md).
+    element: 0.72 vs 1.86 ms fwd+bwd for a (256, 16, 64) tensor against ``nn.Dropout`` on 2
+    threads, 8 calls per step, ~4% of a Multi-KG4Rec CF step on ml-1m;
+    ``python bench/bench_fusion_kernels.py --threads 2``, bench/results/kg_epoch.md).
     """
 
     def __init__(self, modalities: list[str], d: int = 64, heads: int = 8, mode: str = "bi",
