@@ -280,6 +280,38 @@ def test_second_build_does_not_encode(tmp_path):
     assert s3.path != s1.path and part.encoded == 20
 
 
+class SlowHashText(HashText):
+    def encode(self, batch):
+        import time
+        time.sleep(0.05)
+        return super().encode(batch)
+
+
+def _build_in_child(cache_dir, out):
+    store = build_store(_text_content(40), Encoder("hash", [SlowHashText()]), cache_dir=cache_dir, batch_size=4,
+                        chunk_rows=4, progress=False)
+    out.put((store.from_cache, store.features["text"].tobytes()))
+
+
+def test_two_processes_building_the_same_store_one_builds_the_other_waits_and_loads(tmp_path):
+    """Two jobs of a sweep on a fresh machine ask for the same features at once: one encodes (~0.5 s here), the
+    other waits for it and loads the finished store (without the lock both encoded into one .partial folder and
+    one crashed when the other moved it)."""
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_build_in_child, args=(tmp_path, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(g[0] for g in got) == [False, True]           # one built, one loaded from the cache
+    assert got[0][1] == got[1][1]
+    assert not list(tmp_path.glob("features/toy/*.partial"))
+
+
 def test_cache_keys_follow_bytes_not_copies(tmp_path):
     """A data folder copied elsewhere (new paths, new mtimes) keeps its cache keys; one changed byte does not."""
     import os

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -289,9 +290,37 @@ def _library_bars(enabled: bool):
             hf_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _one_builder(cache_dir, dataset: str, name: str):
+    """Hold an exclusive lock on the stores of ``dataset`` x encoder ``name`` while one is built or loaded:
+    two processes that need the same features (the jobs of ``reproduce --jobs 2`` on a fresh machine) would
+    otherwise write into the same ``.partial`` folder, and one would move it while the other still writes.
+    The second process waits, then loads what the first one built."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    path = root / "features" / dataset / f"{_slug(name)}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s: another process is building the %s features; waiting for it", dataset, name)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def build_store(content: EntityContent, encoder: Encoder, cache_dir=None, batch_size: int = 32,
                 chunk_rows: int = 256, progress: bool = True, rebuild: bool = False) -> FeatureStore:
-    """Encode ``content`` with ``encoder`` into the store (or load it when already built)."""
+    """Encode ``content`` with ``encoder`` into the store (or load it when already built).
+    One process at a time per dataset and encoder (others wait, then load it)."""
+    with _one_builder(cache_dir, content.dataset, encoder.name):
+        return _build_store(content, encoder, cache_dir, batch_size, chunk_rows, progress, rebuild)
+
+
+def _build_store(content: EntityContent, encoder: Encoder, cache_dir, batch_size: int, chunk_rows: int,
+                 progress: bool, rebuild: bool) -> FeatureStore:
     t0 = time.time()
     mods = [m for m in encoder.modalities if m in content.modalities]
     for m in mods:
@@ -437,7 +466,14 @@ def build_store(content: EntityContent, encoder: Encoder, cache_dir=None, batch_
 
 def build_precomputed(dataset_name: str, encoder: PrecomputedEncoder, data_dir=None, cache_dir=None,
                       chunk_rows: int = 4096, rebuild: bool = False) -> FeatureStore:
-    """Read user-supplied matrices into the store format, row-checking them (ids, NaN/inf, counts)."""
+    """Read user-supplied matrices into the store format, row-checking them (ids, NaN/inf, counts).
+    One process at a time per dataset and encoder (others wait, then load it)."""
+    with _one_builder(cache_dir, dataset_name, "precomputed"):
+        return _build_precomputed(dataset_name, encoder, data_dir, cache_dir, chunk_rows, rebuild)
+
+
+def _build_precomputed(dataset_name: str, encoder: PrecomputedEncoder, data_dir, cache_dir, chunk_rows: int,
+                       rebuild: bool) -> FeatureStore:
     from ..data.sources import dataset_dir
     t0 = time.time()
     base = dataset_dir(dataset_name, data_dir)
