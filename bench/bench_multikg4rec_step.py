@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     a = p.parse_args()
-    torch.set_num_threads(a.threads)
+    from multikg4rec import runtime
     from multikg4rec.config import load_config, parse_value
     from multikg4rec.data import load_dataset
     from multikg4rec.sampling import BPRSampler, KGSampler
@@ -39,7 +39,6 @@ def main() -> None:
 
     over = {k: parse_value(v) for k, _, v in (s.partition("=") for s in a.set)}
     cfg = load_config("multikg4rec", a.dataset, None, over | {"data_dir": a.data_dir, "threads": a.threads})
-    from multikg4rec import runtime
     runtime.configure(cfg)                              # torch threads, malloc thresholds (as a run)
     seed_everything(cfg["seed"])
     ds = load_dataset(a.dataset, cfg, data_dir=a.data_dir)

@@ -84,14 +84,17 @@ class KGAT(Recommender):
         self.update_attention()
 
     # ---- propagation and losses
+    def _final(self) -> torch.Tensor:
+        """e* (Eq. 11) of every item, then every user: (n_items + n_users, embedding_size + sum(layers))."""
+        return self.propagation(self.node_emb.weight, self.adjacency, rows=self.ui_rows)
+
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final embeddings (Eq. 11): users (n_users, d_out), items (n_items, d_out),
-        d_out = embedding_size + sum(layers)."""
-        out = self.propagation(self.node_emb.weight, self.adjacency, rows=self.ui_rows)  # items, then users
+        """Final embeddings (Eq. 11): users (n_users, d_out), items (n_items, d_out)."""
+        out = self._final()
         return out[self.n_items:], out[: self.n_items]
 
     def calculate_loss(self, batch):
-        out = self.propagation(self.node_emb.weight, self.adjacency, rows=self.ui_rows)  # Eq. 11, items then users
+        out = self._final()
         bpr, reg = self.propagated_bpr(out, batch, [self.node_emb.weight])                 # Eq. 12-13
         return bpr + self.reg_weight * reg                                               # Eq. 15, lambda
 
