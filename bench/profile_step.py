@@ -1,7 +1,9 @@
-"""Where one training step of a model spends its time: torch.profiler over a few CF (BPR) steps.
+"""Where one training step of a model spends its time: torch.profiler over a few CF (BPR) steps,
+or KG (TransR) steps with ``--pass kg``.
 
     python bench/profile_step.py --model multikg4rec --dataset ml-1m --steps 5 --threads 1
     python bench/profile_step.py --model kgat --dataset ml-1m --set kg_loss_triples=kg
+    python bench/profile_step.py --model multikg4rec --dataset ml-1m --pass kg --threads 2
 
 Prints the mean seconds per step (timed without the profiler) and the ops with the most
 self CPU time, grouped by input shape, per step. On a machine shared with other jobs the
@@ -31,6 +33,8 @@ def main() -> None:
     p.add_argument("--dataset", default="ml-1m")
     p.add_argument("--steps", type=int, default=5, help="steps timed, then as many profiled (after 3 warm-up steps)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--pass", dest="which", choices=("cf", "kg"), default="cf",
+                   help="profile CF (BPR) steps or KG (TransR) steps")
     p.add_argument("--top", type=int, default=25, help="rows of the op table")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--data-dir", default=os.environ.get("MULTIKG4REC_DATA", "../shared/data"))
@@ -42,12 +46,15 @@ def main() -> None:
     ds = load_dataset(a.dataset, cfg, data_dir=a.data_dir)
     model = build_model(cfg, ds)
     tr = Trainer(model, ds, cfg, Path(tempfile.mkdtemp()), quiet=True)
-    batches = iter(tr.cf_sampler)
+    if a.which == "kg" and tr.kg_sampler is None:
+        raise SystemExit(f"{a.model} has no KG pass")
+    batches = iter(tr.cf_sampler if a.which == "cf" else tr.kg_sampler)
+    loss_fn = model.calculate_loss if a.which == "cf" else model.calculate_kg_loss
     model.train()
 
     def step() -> None:
         tr.optimizer.zero_grad(set_to_none=True)
-        model.calculate_loss(next(batches)).backward()
+        loss_fn(next(batches)).backward()
         tr.optimizer.step()
 
     for _ in range(3):
@@ -55,8 +62,8 @@ def main() -> None:
     t = time.perf_counter()
     for _ in range(a.steps):
         step()
-    print(f"{a.model} on {a.dataset}, {a.threads} thread(s): {(time.perf_counter() - t) / a.steps:.3f} s per CF step "
-          f"(batch {cfg['batch_size']})")
+    print(f"{a.model} on {a.dataset}, {a.threads} thread(s): {(time.perf_counter() - t) / a.steps:.3f} s per {a.which.upper()} step "
+          f"(batch {cfg['batch_size' if a.which == 'cf' else 'kg_batch_size']})")
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(a.steps):
             step()

@@ -57,6 +57,45 @@ def test_transr_loss_gradient_flows_to_entities_and_relations():
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("sort", [False, True])
+def test_transr_triple_loss_and_its_gradients_match_a_loop_over_triples(sort):
+    """The grouped projection (slices when relations come sorted, as KGSampler gives
+    them; a permutation otherwise) against the loss written triple by triple."""
+    torch.manual_seed(0)
+    tr = TransR(4, 5, 3)
+    r = torch.tensor([2, 0, 3, 2, 0, 0, 1, 3, 2])
+    if sort:
+        r = r.sort().values
+    rows = torch.randn(len(r), 3, 5, requires_grad=True)
+    reg = 0.3
+    terms, sq = [], 0.0
+    for b in range(len(r)):
+        w, er = tr.W[r[b]], tr.relation_emb[r[b]]
+        ph, pt, pn = rows[b, 0] @ w, rows[b, 1] @ w, rows[b, 2] @ w
+        g_pos, g_neg = ((ph + er - pt) ** 2).sum(), ((ph + er - pn) ** 2).sum()
+        terms.append(-torch.log(torch.sigmoid(g_neg - g_pos)))
+        sq = sq + (ph ** 2).sum() + (er ** 2).sum() + (pt ** 2).sum() + (pn ** 2).sum()
+    ref = torch.stack(terms).mean() + reg * sq / (2 * len(r))
+    grads_ref = torch.autograd.grad(ref, (rows, tr.W, tr.relation_emb))
+    got = tr.triple_loss(rows, r, reg)
+    grads = torch.autograd.grad(got, (rows, tr.W, tr.relation_emb))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-5)
+    for a, b in zip(grads, grads_ref):
+        assert torch.allclose(a, b, atol=1e-5)
+    # the (h, t, t') form is the same loss
+    assert tr.loss(rows[:, 0], r, rows[:, 1], rows[:, 2], reg).item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_transr_project_rows_keeps_row_order_for_unsorted_relations():
+    torch.manual_seed(1)
+    tr = TransR(3, 4, 2)
+    r = torch.tensor([1, 0, 2, 1, 0])
+    x = torch.randn(5, 2, 4)
+    got = tr.project_rows(x, r)
+    for b in range(5):
+        assert torch.allclose(got[b], x[b] @ tr.W[r[b]], atol=1e-6)
+
+
 # --------------------------------------------------------------------------- softmax / sparse
 
 def test_segment_softmax_matches_loop():

@@ -40,6 +40,17 @@ def test_kg_corrupted_tails_are_not_true_triples():
             assert (h, r, n) not in true
 
 
+def test_kg_batches_are_sorted_by_relation_and_an_epoch_is_every_triple_once():
+    rng = np.random.default_rng(2)
+    triples = np.array([[h, r, t] for h in range(30) for r in range(3) for t in range(h % 5 + 1, 12)])
+    seen = []
+    for b in KGSampler(triples, 12, 64, rng):
+        r = b["relations"]
+        assert (r[1:] >= r[:-1]).all()                     # TransR's projection relies on it for speed
+        seen += zip(b["heads"].tolist(), r.tolist(), b["pos_tails"].tolist())
+    assert sorted(seen) == sorted(map(tuple, triples.tolist()))
+
+
 def test_samplers_are_seeded():
     train = np.array([[u, i] for u in range(20) for i in range(u % 7, 30, 3)])
     a = [b["neg_items"] for b in BPRSampler(train, 40, 32, np.random.default_rng(5))]

@@ -40,7 +40,7 @@ from torch import nn
 
 __all__ = [
     "TransR", "segment_softmax", "SparseAdjacency", "propagate", "KnowledgeAwareAttention",
-    "MessageDropout", "Aggregator", "KGPropagation", "AGGREGATORS",
+    "MessageDropout", "Aggregator", "KGPropagation", "AGGREGATORS", "sum_of_squares",
 ]
 
 AGGREGATORS = ("bi-interaction", "gcn", "graphsage")
@@ -63,6 +63,12 @@ def _csr_tensor(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, sha
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def sum_of_squares(t: torch.Tensor) -> torch.Tensor:
+    """``||t||^2`` over all elements, for the L2 terms. ``vector_norm(t)^2`` is one pass over
+    ``t`` forward and one backward (``t.pow(2).sum()``: four); the gradient at t = 0 is 0."""
+    return torch.linalg.vector_norm(t).square()
 
 
 # --------------------------------------------------------------------------- TransR
@@ -91,28 +97,38 @@ class TransR(nn.Module):
         for w in self.W:  # xavier per relation matrix (fan_in = entity_dim, fan_out = relation_dim)
             nn.init.xavier_uniform_(w)
 
-    def project(self, emb: torch.Tensor, r: torch.Tensor, *more: torch.Tensor):
-        """``W_r e`` with one relation per row. emb (and each of ``more``): (B, entity_dim),
-        r: (B,) int64 -> (B, relation_dim) (a tuple when ``more`` is given).
+    def project_rows(self, x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """``W_r e`` for k rows per relation: x (B, k, entity_dim), r (B,) int64 -> (B, k, relation_dim).
 
-        Rows are grouped by relation and each group is one (B_r, d_e) @ (d_e, d_r) matmul:
+        Rows are grouped by relation and each group is one (k B_r, d_e) @ (d_e, d_r) matmul:
         no (B, d_e, d_r) gather of ``W`` (268 MB at B = 16384), and a deterministic
         backward (``bmm`` over gathered matrices accumulates its gradient in a
-        thread-dependent order on CPU)."""
-        order = torch.argsort(r, stable=True)
-        rels, counts = torch.unique_consecutive(r[order], return_counts=True)
-        inv = torch.empty_like(order)
-        inv[order] = torch.arange(order.shape[0], device=order.device)
-        sizes, rels = counts.tolist(), rels.tolist()
+        thread-dependent order on CPU). When ``r`` is already sorted (``KGSampler``'s
+        batches are) the groups are slices of ``x``; otherwise ``x`` is permuted into
+        relation order and back."""
+        b, k = x.shape[0], x.shape[1]
+        order = None
+        if b > 1 and not bool((r[1:] >= r[:-1]).all()):
+            order = torch.argsort(r, stable=True)
+            x, r = x.index_select(0, order), r.index_select(0, order)
+        rels, counts = torch.unique_consecutive(r, return_counts=True)
         # unbind: ONE (R, d_e, d_r) gradient buffer in the backward; indexing W[k] per group would zero-fill
         # a full (R, d_e, d_r) tensor per group (~140 per KGAT KG step on ml-100k; bench/results/kgat_step.md)
         w = self.W.unbind(0)
-        outs = []
-        for e in (emb, *more):
-            parts = [chunk @ w[k] for chunk, k in zip(e[order].split(sizes), rels)]
-            proj = torch.cat(parts) if parts else e.new_zeros(0, self.relation_dim)
-            outs.append(proj[inv])
-        return outs[0] if not more else tuple(outs)
+        parts = [chunk @ w[rel] for chunk, rel in zip(x.reshape(b * k, -1).split((counts * k).tolist()),
+                                                        rels.tolist())]
+        out = (torch.cat(parts) if parts else x.new_zeros(0, self.relation_dim)).view(b, k, self.relation_dim)
+        if order is not None:
+            inv = torch.empty_like(order)
+            inv[order] = torch.arange(b, device=order.device)
+            out = out.index_select(0, inv)
+        return out
+
+    def project(self, emb: torch.Tensor, r: torch.Tensor, *more: torch.Tensor):
+        """``W_r e`` with one relation per row. emb (and each of ``more``): (B, entity_dim),
+        r: (B,) int64 -> (B, relation_dim) (a tuple when ``more`` is given)."""
+        out = self.project_rows(torch.stack((emb, *more), 1), r).unbind(1)
+        return out[0] if not more else out
 
     def score(self, h_emb: torch.Tensor, r: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """``g(h, r, t)``. h_emb, t_emb: (B, entity_dim); r: (B,) int64 -> (B,)."""
@@ -130,15 +146,19 @@ class TransR(nn.Module):
         loss independent of the batch size.)
         h_emb, pos_t_emb, neg_t_emb: (B, entity_dim); r: (B,) -> scalar.
         """
+        return self.triple_loss(torch.stack((h_emb, pos_t_emb, neg_t_emb), 1), r, reg_weight)
+
+    def triple_loss(self, rows: torch.Tensor, r: torch.Tensor, reg_weight: float = 0.0) -> torch.Tensor:
+        """:meth:`loss` on stacked rows: rows (B, 3, entity_dim) = [e_h, e_t, e_t'] per triple
+        (one gather of the three, e.g. ``table[torch.stack([h, t, t'], 1)]``), r: (B,) -> scalar.
+        The two scores share ``W_r e_h + e_r`` and run as one (B, 2, d_r) tensor."""
         er = self.relation_emb.index_select(0, r)
-        ph, pt, pn = self.project(h_emb, r, pos_t_emb, neg_t_emb)
-        g_pos = (ph + er - pt).pow(2).sum(-1)
-        g_neg = (ph + er - pn).pow(2).sum(-1)
-        loss = -F.logsigmoid(g_neg - g_pos).mean()                      # SPEC §2, L_KG
+        p = self.project_rows(rows, r)                                  # [W_r e_h, W_r e_t, W_r e_t']
+        ph, pt = p.split([1, 2], 1)             # split, not slices: its backward is one cat, no zero-filled buffers
+        g = ((ph + er.unsqueeze(1)) - pt).pow(2).sum(-1)                # SPEC §2: g(h, r, t), g(h, r, t')
+        loss = -F.logsigmoid(g[:, 1] - g[:, 0]).mean()                  # SPEC §2, L_KG
         if reg_weight:
-            n = h_emb.shape[0]
-            loss = loss + reg_weight * (ph.pow(2).sum() + er.pow(2).sum() + pt.pow(2).sum()
-                                        + pn.pow(2).sum()) / (2 * n)
+            loss = loss + reg_weight * (sum_of_squares(p) + sum_of_squares(er)) / (2 * rows.shape[0])
         return loss
 
 

@@ -66,6 +66,10 @@ class KGSampler:
     """One epoch = every triple (h, r, t) once, in seeded random order, each with a
     corrupted tail t' such that (h, r, t') is not in the graph (SPEC §2).
 
+    Within a batch the triples are sorted by relation (stable), so that TransR's
+    per-relation projection works on slices (:meth:`multikg4rec.layers.TransR.project_rows`);
+    which triples form a batch, and their corrupted tails, do not depend on it.
+
     ``triples`` is any (n, 3) array of (head, relation, tail) node ids; tails are
     drawn from ``[0, n_nodes)``.
     """
@@ -98,5 +102,6 @@ class KGSampler:
                 idx = np.flatnonzero(bad)
                 neg[idx] = self.rng.integers(0, self.n_nodes, size=len(idx))
                 bad[idx] = _isin_sorted(self._hrt(h[idx], r[idx], neg[idx]), self.true_keys)
-            yield {"heads": torch.from_numpy(h.copy()), "relations": torch.from_numpy(r.copy()),
-                   "pos_tails": torch.from_numpy(t.copy()), "neg_tails": torch.from_numpy(neg)}
+            order = np.argsort(r, kind="stable")
+            yield {"heads": torch.from_numpy(h[order]), "relations": torch.from_numpy(r[order]),
+                   "pos_tails": torch.from_numpy(t[order]), "neg_tails": torch.from_numpy(neg[order])}

@@ -74,9 +74,8 @@ class CKE(Recommender):
         return bpr + self.reg_weight * reg
 
     def calculate_kg_loss(self, batch):
-        e = self.entity_emb
-        return self.transr.loss(e(batch["heads"]), batch["relations"], e(batch["pos_tails"]),
-                                e(batch["neg_tails"]), self.kg_reg_weight)
+        rows = self.entity_emb(torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1))
+        return self.transr.triple_loss(rows, batch["relations"], self.kg_reg_weight)
 
     def full_sort_predict(self, users):
         return self.user_emb(users) @ self.item_vectors().T

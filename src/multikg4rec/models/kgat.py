@@ -99,9 +99,8 @@ class KGAT(Recommender):
         return bpr + self.reg_weight * reg                                               # Eq. 15, lambda
 
     def calculate_kg_loss(self, batch):
-        h, pt, nt = batch["heads"], batch["pos_tails"], batch["neg_tails"]
-        eh, ept, ent = self.node_emb(torch.cat([h, pt, nt])).split([len(h), len(pt), len(nt)])  # one lookup
-        return self.transr.loss(eh, batch["relations"], ept, ent, self.kg_reg_weight)           # Eq. 1-2
+        rows = self.node_emb(torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1))  # one lookup
+        return self.transr.triple_loss(rows, batch["relations"], self.kg_reg_weight)            # Eq. 1-2
 
     # ---- evaluation
     def final_embeddings(self):

@@ -290,11 +290,11 @@ class MultiKG4Rec(Recommender):
     def calculate_kg_loss(self, batch):
         """TransR on each modality's 64-d table (SPEC §2), summed over modalities:
         g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2, L_KG = -ln sigma( g(h, r, t') - g(h, r, t) )."""
-        h, r, pt, nt = batch["heads"], batch["relations"], batch["pos_tails"], batch["neg_tails"]
+        hrt = torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1)       # (B, 3)
         loss = 0.0
         for t in self.tables:
-            eh, ept, ent = self.table_rows(t, h, pt, nt)
-            loss = loss + self.transr[t].loss(eh, r, ept, ent, self.kg_reg_weight)
+            rows = self.table_rows(t, hrt.view(-1))[0].view(*hrt.shape, -1)      # [e_h, e_t, e_t'] (B, 3, d)
+            loss = loss + self.transr[t].triple_loss(rows, batch["relations"], self.kg_reg_weight)
         return loss
 
     # ------------------------------------------------------------------ §3 fusion module
