@@ -69,10 +69,11 @@ gradients, at most k of the batch's positive/negative items; every other item ro
 comes from a cache of fused features (historical embeddings) refreshed for the
 fused items at each step and for all items at each epoch end. Evaluation, the
 attention update and the case study always fuse every item exactly. Measured on
-ml-1m (2 idle threads, 2026-12-03, bench/results/kg_epoch.md): an epoch costs
-2.57-2.62x KGAT's (2 modalities = 2 propagations and 2 TransR passes over the CKG put
-the floor at ~2x), 1.66-1.69x with ``kg_loss_triples: kg`` (TransR on the KG's
-triples only: the KG pass shrinks ~40-fold).
+ml-1m (2 idle threads, 2026-12-03, commit 1111de1, bench/results/kg_epoch.md): an epoch
+costs 31.7-32.5 s, 2.79-2.83x KGAT's (2 modalities = 2 propagations and 2 TransR passes
+over the CKG put the floor at ~2x; the CF pass alone is 3.3x KGAT's), 23.6-23.8 s and
+2.08-2.09x with ``kg_loss_triples: kg`` (TransR on the KG's triples only: the KG pass
+shrinks ~40-fold).
 """
 from __future__ import annotations
 
