@@ -278,15 +278,14 @@ class MultiKG4Rec(Recommender):
                 e = e.index_add(0, has.nonzero().squeeze(1), self._embed(t, getattr(self, f"raw_{t}")[row[has]]))
         return e
 
-    def table_rows(self, t: str, *nodes: torch.Tensor) -> list[torch.Tensor]:
-        """Rows of the pre-fusion table t for each index tensor in ``nodes``. The modal
-        projection runs once per node with content: over the whole table when the
-        batch touches more rows than there are content rows, else over the batch only."""
-        sizes = [x.shape[0] for x in nodes]
-        idx = torch.cat(nodes)                  # one gather: one (n_nodes, d) gradient buffer in the backward
-        if t not in self.modalities or idx.shape[0] >= getattr(self, f"raw_{t}").shape[0]:
-            return list(self.pre_tables([t])[t].index_select(0, idx).split(sizes))
-        return list(self.node_rows(t, idx).split(sizes))
+    def table_rows(self, t: str, nodes: torch.Tensor) -> torch.Tensor:
+        """Rows ``nodes`` of the pre-fusion table t, in one gather (one (n_nodes, d) gradient
+        buffer in the backward). The modal projection runs once per node with content: over
+        the whole table when the batch touches more rows than there are content rows, else
+        over the batch only."""
+        if t not in self.modalities or nodes.shape[0] >= getattr(self, f"raw_{t}").shape[0]:
+            return self.pre_tables([t])[t].index_select(0, nodes)
+        return self.node_rows(t, nodes)
 
     def calculate_kg_loss(self, batch):
         """TransR on each modality's 64-d table (SPEC §2), summed over modalities:
@@ -294,7 +293,7 @@ class MultiKG4Rec(Recommender):
         hrt = torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1)       # (B, 3)
         loss = 0.0
         for t in self.tables:
-            rows = self.table_rows(t, hrt.view(-1))[0].view(*hrt.shape, -1)      # [e_h, e_t, e_t'] (B, 3, d)
+            rows = self.table_rows(t, hrt.view(-1)).view(*hrt.shape, -1)         # [e_h, e_t, e_t'] (B, 3, d)
             loss = loss + self.transr[t].triple_loss(rows, batch["relations"], self.kg_reg_weight)
         return loss
 
