@@ -89,15 +89,18 @@ def test_every_archived_run_config_still_loads_under_its_own_name():
     finding it. (Run directories named under an older hash are skipped: the archive keeps a few.)"""
     import yaml
 
-    from multikg4rec.config import config_hash, load_config
+    from multikg4rec.config import NEUTRAL_VALUES, config_hash, known_keys, load_config
     checked = 0
     for path in sorted((REPO / "results").rglob("config.yaml")):
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
         name_hash = path.parent.name.rsplit("-", 1)[-1]
         if config_hash(cfg) != name_hash:
             continue
+        # a config without an option predates it: it ran with the option's neutral value, which a default
+        # changed later (Multi-KG4Rec's kg_loss_triples) must not replace
+        old = {k: v for k, v in NEUTRAL_VALUES.items() if k not in cfg and k in known_keys(cfg["model"])}
         again = load_config(cfg["model"], cfg["dataset"],
-                            overrides={k: v for k, v in cfg.items() if k not in ("model", "dataset")})
+                            overrides=old | {k: v for k, v in cfg.items() if k not in ("model", "dataset")})
         assert config_hash(again) == name_hash, path
         checked += 1
     assert checked > 100

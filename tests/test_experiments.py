@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +39,30 @@ def test_table_jobs_cover_the_paper_ablations():
     t4 = table_jobs("table4", ["ml-1m"], [0, 1], common)
     assert {j.overrides.get("fusion") for j in t4} == {"bi", "t2v", "v2t", None} and len(t4) == 8
     assert GRID["learning_rate"] == [0.05, 0.01, 0.005, 0.001]
+
+
+def test_paper_tables_keep_the_recipe_of_their_archived_runs_after_a_default_changed():
+    """Multi-KG4Rec's kg_loss_triples default became `kg` after every Table 2-4 / Fig. 4 run had trained with
+    `ckg`: a table's jobs keep `ckg` (and so the archived run directories' names), a plain train takes the new
+    default, and the command line still chooses for a table (`--kg_loss_triples kg`)."""
+    from multikg4rec.config import config_hash, load_config
+    from multikg4rec.training import default_run_dir
+    assert load_config("multikg4rec", "ml-1m")["kg_loss_triples"] == "kg"
+    assert load_config("kgat", "ml-1m")["kg_loss_triples"] == "ckg"           # KGAT keeps its release's
+    for table in ("table2", "table3", "table4"):
+        for j in table_jobs(table, ["ml-1m"], [0], {}):
+            if j.model != "multikg4rec":                                      # the others keep their defaults
+                assert j.config({}).get("kg_loss_triples") == load_config(j.model, "ml-1m").get("kg_loss_triples")
+                continue
+            assert j.config({})["kg_loss_triples"] == "ckg", (table, j.label)
+            assert j.config({"kg_loss_triples": "kg"})["kg_loss_triples"] == "kg"
+    # Table 2's Multi-KG4Rec ml-1m seed 0 is archived under the name its job still computes
+    job = next(j for j in table_jobs("table2", ["ml-1m"], [0], {}) if j.model == "multikg4rec")
+    cfg = job.config({})
+    assert default_run_dir(cfg).name == "seed0-" + config_hash(cfg)
+    assert (Path(__file__).parents[1] / "results" / "runs" / "ml-1m" / "multikg4rec" / default_run_dir(cfg).name
+            / "metrics.json").is_file()
+    assert config_hash(cfg) != config_hash(load_config("multikg4rec", "ml-1m", overrides={"seed": 0}))
 
 
 def test_paired_wilcoxon_on_per_user_ndcg(tmp_path):
