@@ -14,8 +14,8 @@ Optional hooks (no-ops here):
   (``uses_kg_loss = True``); ``batch`` has ``heads``, ``relations``,
   ``pos_tails``, ``neg_tails`` over the ids of ``kg_train_triples()``.
 * ``kg_train_triples() -> (np.ndarray (n, 3), n_nodes)``: the triples the KG pass
-  samples (default: the whole CKG with inverses, as KGAT trains TransR on it;
-  ``kg_loss_triples: kg`` the KG's own triples); node ids as in ``Dataset.ckg()``.
+  samples (``kg_loss_triples: ckg``, KGAT's: the whole CKG with inverses, as KGAT trains
+  TransR on it; ``kg``, Multi-KG4Rec's: the KG's own triples); node ids as in ``Dataset.ckg()``.
 * ``on_epoch_end(epoch)``: e.g. KGAT recomputes its attention.
 * ``final_embeddings()``: for inner-product models, the final user and item
   embeddings; the base class then caches them once per evaluation (``prepare_eval``)

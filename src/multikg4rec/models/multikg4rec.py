@@ -69,11 +69,12 @@ gradients, at most k of the batch's positive/negative items; every other item ro
 comes from a cache of fused features (historical embeddings) refreshed for the
 fused items at each step and for all items at each epoch end. Evaluation, the
 attention update and the case study always fuse every item exactly. Measured on
-ml-1m (2 idle threads, 2026-12-03, commit 1111de1, bench/results/kg_epoch.md): an epoch
-costs 31.7-32.5 s, 2.79-2.83x KGAT's (2 modalities = 2 propagations and 2 TransR passes
-over the CKG put the floor at ~2x; the CF pass alone is 3.3x KGAT's), 23.6-23.8 s and
-2.08-2.09x with ``kg_loss_triples: kg`` (TransR on the KG's triples only: the KG pass
-shrinks ~40-fold).
+ml-1m (2 idle threads, 2026-12-03, bench/results/kg_epoch.md): an epoch costs 2.08-2.09x KGAT's with
+``kg_loss_triples: kg`` (the default: TransR on the KG's entity triples, SPEC §2) and 2.79-2.83x with ``ckg``
+(TransR over the whole CKG, as KGAT's release; the recipe of the paper tables' runs) on an Intel Xeon, 2.22-2.67x
+and 2.69-3.18x on an AMD EPYC. Two modalities are two propagations over the CKG; with the fusion switched off
+(``fusion: none``) the ``kg`` epoch is 1.40-1.74x KGAT's (AMD), so the Bi-Transformer over ``fusion_items``
+items per step is what keeps the model above 2x.
 """
 from __future__ import annotations
 
