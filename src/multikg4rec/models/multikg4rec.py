@@ -72,7 +72,7 @@ attention update and the case study always fuse every item exactly. Measured on
 ml-1m (2 idle threads, 2026-12-03, bench/results/kg_epoch.md): an epoch costs 2.08-2.09x KGAT's with
 ``kg_loss_triples: kg`` (the default: TransR on the KG's entity triples, SPEC §2) and 2.79-2.83x with ``ckg``
 (TransR over the whole CKG, as KGAT's release; the recipe of the paper tables' runs) on an Intel Xeon, 2.22-2.67x
-and 2.69-3.18x on an AMD EPYC. Two modalities are two propagations over the CKG; with the fusion switched off
+and 2.54-3.18x on an AMD EPYC. Two modalities are two propagations over the CKG; with the fusion switched off
 (``fusion: none``) the ``kg`` epoch is 1.40-1.74x KGAT's (AMD), so the Bi-Transformer over ``fusion_items``
 items per step is what keeps the model above 2x.
 """
