@@ -288,9 +288,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "<table>.md (mean ± std over seeds, the paper's numbers, gaps, Wilcoxon test) "
                                    "and PNG plots. Finished runs are never redone; rows of earlier calls for other "
                                    "datasets, models or seeds stay in the table. `reproduce status` shows progress "
-                                   "of background sweeps. Extra --key value options apply to every run. Multi-KG4Rec's table "
-                                   "runs keep the recipe the committed tables were trained with (kg_loss_triples: "
-                                   "ckg, the default until 2026-12-03); --kg_loss_triples kg runs them with today's.")
+                                   "of background sweeps. Extra --key value options apply to every run. "
+                                   "Multi-KG4Rec's table runs keep the recipe the committed tables were trained "
+                                   "with (kg_loss_triples: ckg, the default until 2026-12-03); --kg_loss_triples kg "
+                                   "runs them with today's.")
     r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "status"])
     r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
     r.add_argument("--seeds", type=_at_least_one, default=5, help="seeds 0..N-1 (default 5)")
