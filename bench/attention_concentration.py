@@ -2,7 +2,7 @@
 
     python bench/attention_concentration.py RUN_DIR [RUN_DIR ...]
 
-For every CKG node, the largest attention weight over its triples (SPEC §4 softmax); the mean of
+For every CKG node, the largest attention weight over its triples (model.md §4 softmax); the mean of
 that over users and over items, beside the mean of 1/degree (what uniform attention would give).
 A mean max weight far above 1/degree means each node aggregates mostly one neighbour. Also the
 mean row norm of the layer-0 tables (items = fused rows, entities, users).
@@ -24,7 +24,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
     from multikg4rec.data import load_dataset
-    from multikg4rec.training import build_model
+    from multikg4rec.models import build_model
     print("| run | epoch | table | mean max attention, users (uniform) | items (uniform) | "
           "row norm items / entities / users |")
     print("|---|---|---|---|---|---|")

@@ -39,7 +39,7 @@ model, dataset, block, ref_file, out, n_users = sys.argv[1], sys.argv[2], int(sy
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
 from multikg4rec.models import get_model_class
-from multikg4rec.training import peak_rss_mb, reset_peak_rss, seed_everything
+from multikg4rec.runtime import peak_rss_mb, reset_peak_rss, seed_everything
 cls = get_model_class(model)
 if ref_file != "-":     # the reference version of the module, loaded as a submodule of the package
     spec = importlib.util.spec_from_file_location(f"multikg4rec.models._{model}_ref", ref_file)

@@ -7,7 +7,7 @@ after another, and the table reports each model's epoch time as a ratio to the F
 measured in the same invocation (the machine is shared: ratios are steadier than seconds).
 
     python bench/bench_kg_epoch.py --dataset ml-1m --models kgat multikg4rec --epochs 1 \
-        --write bench/results/kg_epoch_ml-1m.md
+        --write bench/results/kg_epoch.md
 
 A model may carry its own overrides, ``name@key=value[,key=value]`` (YAML values), e.g.
 ``multikg4rec@kg_loss_triples=ckg`` (the recipe of the paper tables' runs): a variant measured beside the
@@ -31,7 +31,9 @@ import torch
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
 from multikg4rec import runtime
-from multikg4rec.training import Trainer, build_model, seed_everything
+from multikg4rec.models import build_model
+from multikg4rec.runtime import seed_everything
+from multikg4rec.training import Trainer
 model, dataset, threads, epochs, data_dir, overrides = (sys.argv[1], sys.argv[2], int(sys.argv[3]),
                                                         int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6]))
 torch.set_num_threads(threads)

@@ -27,7 +27,8 @@ import json, resource, sys, time, torch
 from multikg4rec import runtime
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
-from multikg4rec.training import build_model, seed_everything
+from multikg4rec.models import build_model
+from multikg4rec.runtime import seed_everything
 model, dataset, threads, steps, n_users, data_dir = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6]), sys.argv[6]
 torch.set_num_threads(threads)
 over = {"data_dir": data_dir, "threads": threads}

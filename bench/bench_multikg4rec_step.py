@@ -35,7 +35,8 @@ def main() -> None:
     from multikg4rec.config import load_config, parse_value
     from multikg4rec.data import load_dataset
     from multikg4rec.sampling import BPRSampler, KGSampler
-    from multikg4rec.training import build_model, seed_everything
+    from multikg4rec.models import build_model
+    from multikg4rec.runtime import seed_everything
 
     over = {k: parse_value(v) for k, _, v in (s.partition("=") for s in a.set)}
     cfg = load_config("multikg4rec", a.dataset, None, over | {"data_dir": a.data_dir, "threads": a.threads})

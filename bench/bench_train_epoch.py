@@ -20,7 +20,8 @@ import numpy as np, torch
 from multikg4rec.config import load_config
 from multikg4rec.data import load_dataset
 from multikg4rec.sampling import BPRSampler
-from multikg4rec.training import build_model, seed_everything
+from multikg4rec.models import build_model
+from multikg4rec.runtime import seed_everything
 model, dataset, threads, epochs, data_dir, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], json.loads(sys.argv[6])
 torch.set_num_threads(threads)
 cfg = load_config(model, dataset, None, overrides | {"data_dir": data_dir})

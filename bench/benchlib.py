@@ -1,4 +1,5 @@
-"""Small helpers shared by the bench scripts (run as ``python bench/<script>.py``, so this folder is on the path)."""
+"""Small helpers shared by the bench scripts (run as ``python bench/<script>.py``, so this folder is on the path;
+the studies in ``bench/studies/`` put it there themselves)."""
 from __future__ import annotations
 
 import json

@@ -24,7 +24,9 @@ from torch.profiler import ProfilerActivity, profile
 from multikg4rec import runtime
 from multikg4rec.config import load_config, parse_value
 from multikg4rec.data import load_dataset
-from multikg4rec.training import Trainer, build_model, seed_everything
+from multikg4rec.models import build_model
+from multikg4rec.runtime import seed_everything
+from multikg4rec.training import Trainer
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""The paper's baselines KGCN, SpectralCF, ConvNCF, MKGAT (SPEC §8): one epoch each through
+"""The paper's baselines KGCN, SpectralCF, ConvNCF, MKGAT (docs/model.md §8): one epoch each through
 the trainer on a small real slice, and one defining equation of each checked by hand."""
 from __future__ import annotations
 
@@ -324,7 +324,7 @@ def test_convncf_pretrain_from_bprmf(ml100k_small, tmp_path):
     with pytest.raises(UserError, match="2\\^len"):
         _convncf(ml100k_small, 16, [4, 4])
     # pretrain_path: auto finds the BPR-MF run of the same dataset / seed / embedding size / output root
-    from multikg4rec.training import default_run_dir
+    from multikg4rec.rundir import default_run_dir
     auto = {"pretrain_path": "auto", "dataset": "ml-100k", "seed": 3, "output_dir": str(tmp_path / "auto")}
     with pytest.raises(UserError, match="train it first"):
         _convncf(ml100k_small, 16, [4, 4, 4, 4], **auto)

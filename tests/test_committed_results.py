@@ -1,8 +1,8 @@
 """The committed tables are what the code makes of the committed runs.
 
-Every `results/table*/table*.md` names the command that wrote it ("Generated ... by `multikg4rec reproduce ...`").
+Every `results/**/table*/table*.md` names the command that wrote it ("Generated ... by `multikg4rec reproduce ...`").
 Here that command runs again, `--summarize` (no training), on a fresh output folder that holds only the table's
-`runs.csv` and the run archive `results/runs/` (each run's metrics.json and per-user test NDCG), and the table it
+`runs.csv` and the one run archive `results/runs/` (each run's metrics.json and per-user test NDCG), and the table it
 writes must be the committed one, line for line (the date line aside): every mean, std, gap, seconds per epoch
 and Wilcoxon p-value is recomputed from the runs' own files. A number edited by hand, a table not regenerated
 after its runs changed, or a change to how tables are computed fails here. Needs no dataset: tables are built
@@ -20,7 +20,7 @@ import pytest
 from multikg4rec.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-#: every committed table: results/<table>/<table>.md, and those of the side studies (results/<study>/<table>/)
+#: every committed table: results/<table>/<table>.md, and those of the side studies (results/studies/<study>/<table>/)
 TABLES = sorted(str(p.relative_to(REPO)) for p in (REPO / "results").glob("**/table*/table*.md")
                 if p.stem == p.parent.name)
 
@@ -50,7 +50,7 @@ def test_committed_table_is_regenerated_by_its_own_command_from_the_archive(path
     out = tmp_path / "results"
     (out / table).mkdir(parents=True)
     shutil.copy(root / table / "runs.csv", out / table / "runs.csv")       # earlier calls' rows
-    (out / "runs").symlink_to(root / "runs")                               # the archive, read only
+    (out / "runs").symlink_to(REPO / "results" / "runs")                   # the archive, read only
     monkeypatch.chdir(REPO)                        # runs.csv names archived runs relative to the repository
     monkeypatch.delenv("MULTIKG4REC_DATA", raising=False)
     rc = main([*argv, "--results", str(out), "--output-dir", str(tmp_path / "no-local-runs"),
@@ -59,8 +59,8 @@ def test_committed_table_is_regenerated_by_its_own_command_from_the_archive(path
     fresh = (out / table / f"{table}.md").read_text()
     assert _body(fresh) == _body(md), (f"{path} differs from what its command writes from the archive; "
                                        f"regenerate it with: multikg4rec {' '.join(argv)}")
-    rows = (out / table / "runs.csv").read_text().replace(f"{out}/", f"{root.relative_to(REPO)}/")
-    assert rows == (root / table / "runs.csv").read_text()                 # run_dir: archive-relative
+    rows = (out / table / "runs.csv").read_text().replace(f"{out}/", "results/")
+    assert rows == (root / table / "runs.csv").read_text()                 # run_dir: repository-relative
 
 
 def _load_compare():
@@ -83,24 +83,31 @@ def test_recbole_comparison_tables_are_rendered_from_their_recorded_runs(path):
     assert compare.render(md.stem.split("_", 1)[1], rows) == md.read_text()
 
 
-def test_every_archived_run_config_still_loads_under_its_own_name():
-    """The config checks (types, ranges) and any new option must not reject or rename an archived run: each
-    results/**/config.yaml, passed back as overrides, loads and hashes to its directory's name, so sweeps keep
-    finding it. (Run directories named under an older hash are skipped: the archive keeps a few.)"""
+def test_every_archived_run_config_still_loads_and_names_the_same_run():
+    """The config checks (types, ranges) must not reject an archived run, and every option the code knows must be
+    stated in each archived config.yaml: loaded back with its own keys as overrides, it is the same run (same
+    config_hash), so sweeps keep finding it by content. Adding an option fails here until the archive's configs
+    state the value their runs were trained with (the value that reproduces the behaviour before the option)."""
     import yaml
 
-    from multikg4rec.config import NEUTRAL_VALUES, config_hash, known_keys, load_config
+    from multikg4rec.config import config_hash, load_config
     checked = 0
     for path in sorted((REPO / "results").rglob("config.yaml")):
         cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-        name_hash = path.parent.name.rsplit("-", 1)[-1]
-        if config_hash(cfg) != name_hash:
-            continue
-        # a config without an option predates it: it ran with the option's neutral value, which a default
-        # changed later (Multi-KG4Rec's kg_loss_triples) must not replace
-        old = {k: v for k, v in NEUTRAL_VALUES.items() if k not in cfg and k in known_keys(cfg["model"])}
         again = load_config(cfg["model"], cfg["dataset"],
-                            overrides=old | {k: v for k, v in cfg.items() if k not in ("model", "dataset")})
-        assert config_hash(again) == name_hash, path
+                            overrides={k: v for k, v in cfg.items() if k not in ("model", "dataset")})
+        assert config_hash(again) == config_hash(cfg), (path, sorted(set(again) ^ set(cfg)))
         checked += 1
     assert checked > 100
+
+
+def test_the_archive_holds_one_run_per_config():
+    """A table's job finds its run by config; two archived runs of one config would make that choice arbitrary."""
+    import yaml
+
+    from multikg4rec.config import config_hash
+    seen: dict[str, Path] = {}
+    for path in sorted((REPO / "results" / "runs").rglob("config.yaml")):
+        h = config_hash(yaml.safe_load(path.read_text(encoding="utf-8")))
+        assert h not in seen, f"{path.parent} and {seen[h]} archive the same config"
+        seen[h] = path.parent

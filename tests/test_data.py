@@ -1,4 +1,4 @@
-"""Data layer: atomic files, preprocessing (SPEC §1), split, CKG, cache, bad input."""
+"""Data layer: atomic files, preprocessing (docs/model.md §1), split, CKG, cache, bad input."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""The full-ranking evaluator (SPEC §7): hand-ranked lists, exclusion, ties, batching, and a
+"""The full-ranking evaluator (docs/model.md §7): hand-ranked lists, exclusion, ties, batching, and a
 plain-Python reference on random data."""
 from __future__ import annotations
 

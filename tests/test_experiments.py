@@ -45,8 +45,10 @@ def test_paper_tables_keep_the_recipe_of_their_archived_runs_after_a_default_cha
     """Multi-KG4Rec's kg_loss_triples default became `kg` after every Table 2-4 / Fig. 4 run had trained with
     `ckg`: a table's jobs keep `ckg` (and so the archived run directories' names), a plain train takes the new
     default, and the command line still chooses for a table (`--kg_loss_triples kg`)."""
+    import yaml
+
     from multikg4rec.config import config_hash, load_config
-    from multikg4rec.training import default_run_dir
+    from multikg4rec.rundir import find_run
     assert load_config("multikg4rec", "ml-1m")["kg_loss_triples"] == "kg"
     assert load_config("kgat", "ml-1m")["kg_loss_triples"] == "ckg"           # KGAT keeps its release's
     for table in ("table2", "table3", "table4"):
@@ -56,12 +58,14 @@ def test_paper_tables_keep_the_recipe_of_their_archived_runs_after_a_default_cha
                 continue
             assert j.config({})["kg_loss_triples"] == "ckg", (table, j.label)
             assert j.config({"kg_loss_triples": "kg"})["kg_loss_triples"] == "kg"
-    # Table 2's Multi-KG4Rec ml-1m seed 0 is archived under the name its job still computes
+    # Table 2's Multi-KG4Rec ml-1m seed 0 is found in the archive by its config (its directory keeps the name
+    # it was archived under), and a plain train asks for another run
     job = next(j for j in table_jobs("table2", ["ml-1m"], [0], {}) if j.model == "multikg4rec")
     cfg = job.config({})
-    assert default_run_dir(cfg).name == "seed0-" + config_hash(cfg)
-    assert (Path(__file__).parents[1] / "results" / "runs" / "ml-1m" / "multikg4rec" / default_run_dir(cfg).name
-            / "metrics.json").is_file()
+    found = find_run(cfg, Path(__file__).parents[1] / "results" / "runs")
+    assert found is not None and (found / "metrics.json").is_file()
+    assert yaml.safe_load((found / "config.yaml").read_text())["kg_loss_triples"] == "ckg"
+    assert find_run(cfg | {"kg_loss_triples": "kg"}, found.parents[2]) != found
     assert config_hash(cfg) != config_hash(load_config("multikg4rec", "ml-1m", overrides={"seed": 0}))
 
 
@@ -130,7 +134,7 @@ def test_reproduce_jobs_trains_runs_side_by_side_each_once(data_dir, tmp_path, c
     run is trained by exactly one of them (one epoch in its log, not two), the worker trains some, and the
     table is written once, after both are done."""
     from multikg4rec import experiments
-    monkeypatch.setattr(experiments, "WORKER_STAGGER_S", 0.5)    # these runs take seconds, not minutes
+    monkeypatch.setattr(experiments.scheduler, "WORKER_STAGGER_S", 0.5)    # these runs take seconds, not minutes
     argv = ["reproduce", "table2", "--datasets", "ml-100k", "--seeds", "2", "--models", "bprmf", "lightgcn",
             "--results", str(tmp_path / "res"), "--output-dir", str(tmp_path / "runs"), "--data-dir", str(data_dir),
             "--cache-dir", str(tmp_path / "c"), "--epochs", "1", "--embedding_size", "16", "--jobs", "2"]
@@ -167,7 +171,7 @@ def test_tune_visits_grid_points_in_parallel_and_chooses_on_valid(data_dir, tmp_
 def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):
     """Ctrl-C / SIGTERM in one run must stop the sweep (the run keeps its checkpoint), not skip to the next run;
     a plain UserError (bad config for one job) is skipped."""
-    from multikg4rec import experiments, training
+    from multikg4rec import experiments, rundir, training
     from multikg4rec.errors import Interrupted, UserError
     from multikg4rec.experiments import Job, run_jobs
 
@@ -268,18 +272,18 @@ def test_a_run_locked_by_another_sweep_is_waited_for_not_skipped(monkeypatch, tm
     twice nor drop it: the second sweep defers the locked run, waits for the lock, then reads the result."""
     import fcntl
 
-    from multikg4rec import training
+    from multikg4rec import rundir, training
     from multikg4rec.errors import RunBusy
     from multikg4rec.experiments import Job, run_jobs
 
     jobs = [Job(m, m, "ml-100k", 0) for m in ("lightgcn", "bprmf")]
     common = {"output_dir": str(tmp_path)}
-    locked = training.default_run_dir(jobs[0].config(common))
+    locked = rundir.default_run_dir(jobs[0].config(common))
     locked.mkdir(parents=True)
     calls = []
 
     def fake_run(cfg, quiet=True):
-        rd = training.default_run_dir(cfg)
+        rd = rundir.default_run_dir(cfg)
         rd.mkdir(parents=True, exist_ok=True)
         calls.append(cfg["model"])
         with open(rd / ".lock", "a") as f:              # the lock training.run takes
@@ -287,7 +291,7 @@ def test_a_run_locked_by_another_sweep_is_waited_for_not_skipped(monkeypatch, tm
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunBusy(f"{rd} is in use") from None
-        return training.RunResult(rd, {"model": cfg["model"]})
+        return rundir.RunResult(rd, {"model": cfg["model"]})
 
     monkeypatch.setattr(training, "run", fake_run)
     holder = open(locked / ".lock", "a")
@@ -304,7 +308,8 @@ def test_training_refuses_a_run_directory_in_use(data_dir, tmp_path):
 
     from multikg4rec.config import load_config
     from multikg4rec.errors import RunBusy
-    from multikg4rec.training import default_run_dir, run
+    from multikg4rec.rundir import default_run_dir
+    from multikg4rec.training import run
 
     cfg = load_config("bprmf", "ml-100k", None, {"output_dir": str(tmp_path), "data_dir": str(data_dir),
                                                  "epochs": 1})
@@ -345,26 +350,16 @@ def test_status_shows_the_live_runs_epoch_and_best_valid(tmp_path):
     assert "; worker 1: running KGAT on ml-100k seed 3 (epoch 3," in line and "worker 2" not in line
 
 
-def test_sweep_trains_convncfs_bprmf_initialisation_when_only_its_archive_is_here(monkeypatch, tmp_path):
+def test_convncfs_prerequisite_is_its_bprmf_run_until_that_run_has_a_checkpoint_here(tmp_path):
     """ConvNCF starts from a BPR-MF checkpoint (pretrain_path: auto); results/runs/ archives no checkpoints, so on a
-    fresh machine the sweep must train that BPR-MF run first instead of skipping ConvNCF."""
-    from multikg4rec import training
-    from multikg4rec.experiments import Job, run_jobs
+    fresh machine that BPR-MF run is a prerequisite (training.run trains it first) until its checkpoint exists."""
+    from multikg4rec import rundir
+    from multikg4rec.experiments import Job
     from multikg4rec.models.convncf import bprmf_config, prerequisites
 
-    calls = []
-
-    def fake_run(cfg, quiet=True):
-        calls.append((cfg["model"], cfg["seed"]))
-        return training.RunResult(training.default_run_dir(cfg), {"model": cfg["model"]})
-
-    monkeypatch.setattr(training, "run", fake_run)
-    common = {"output_dir": str(tmp_path)}
-    job = Job("convncf", "convncf", "ml-100k", 3)
-    run_jobs([job], common)
-    assert calls == [("bprmf", 3), ("convncf", 3)]
-    cfg = job.config(common)
-    pre = training.default_run_dir(bprmf_config(cfg))
+    cfg = Job("convncf", "convncf", "ml-100k", 3).config({"output_dir": str(tmp_path)})
+    assert [(p["model"], p["seed"]) for p in prerequisites(cfg)] == [("bprmf", 3)]
+    pre = rundir.default_run_dir(bprmf_config(cfg))
     assert pre.parent.name == "bprmf" and pre.name.startswith("seed3-")
     pre.mkdir(parents=True)
     (pre / "best_model.pt").write_bytes(b"")
@@ -378,19 +373,21 @@ def test_a_run_whose_prerequisite_is_locked_waits_on_the_prerequisite(monkeypatc
     import fcntl
     import threading
 
-    from multikg4rec import training
+    from multikg4rec import rundir, training
     from multikg4rec.errors import RunBusy
     from multikg4rec.experiments import Job, run_jobs
-    from multikg4rec.models.convncf import bprmf_config
+    from multikg4rec.models.convncf import bprmf_config, prerequisites
 
     common = {"output_dir": str(tmp_path)}
     job = Job("convncf", "convncf", "ml-100k", 1)
-    pre = training.default_run_dir(bprmf_config(job.config(common)))
+    pre = rundir.default_run_dir(bprmf_config(job.config(common)))
     pre.mkdir(parents=True)
     calls = []
 
     def fake_run(cfg, quiet=True):
-        rd = training.default_run_dir(cfg)
+        for first in prerequisites(cfg):                # as training.run: the prerequisites first
+            fake_run(first)
+        rd = rundir.default_run_dir(cfg)
         rd.mkdir(parents=True, exist_ok=True)
         with open(rd / ".lock", "a") as f:
             try:
@@ -400,7 +397,7 @@ def test_a_run_whose_prerequisite_is_locked_waits_on_the_prerequisite(monkeypatc
             calls.append(cfg["model"])
             if cfg["model"] == "bprmf":
                 (rd / "best_model.pt").write_bytes(b"")
-        return training.RunResult(rd, {"model": cfg["model"]})
+        return rundir.RunResult(rd, {"model": cfg["model"]})
 
     monkeypatch.setattr(training, "run", fake_run)
     holder = open(pre / ".lock", "a")
@@ -415,8 +412,9 @@ def test_a_run_whose_prerequisite_is_locked_waits_on_the_prerequisite(monkeypatc
 
 def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs(tmp_path, capsys):
     """`reproduce --plan`: finished runs (here or archived), a half-done run's remaining share, no training."""
+    from multikg4rec.config import dump_config
     from multikg4rec.experiments import Job, plan
-    from multikg4rec.training import default_run_dir
+    from multikg4rec.rundir import default_run_dir
 
     common = {"output_dir": str(tmp_path / "runs")}
     jobs = [Job("bprmf", "bprmf", "ml-100k", s) for s in (0, 1, 2)] + [Job("kgat", "kgat", "ml-100k", 0),
@@ -425,6 +423,7 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     archive = tmp_path / "results" / "runs"
     done = archive.joinpath(*default_run_dir(jobs[0].config(common)).parts[-3:])   # seed 0: archived only
     done.mkdir(parents=True)
+    dump_config(jobs[0].config(common), done / "config.yaml")                       # a run is found by its config
     (done / "metrics.json").write_text(json.dumps({"train_seconds_total": 600.0, "epochs_run": 60}))
     half = default_run_dir(jobs[1].config(common))                                  # seed 1: 30 of ~60 epochs
     half.mkdir(parents=True)
@@ -444,7 +443,7 @@ def test_plan_lists_what_a_sweep_still_needs_and_estimates_it_from_finished_runs
     assert not (tmp_path / "runs").joinpath(*default_run_dir(jobs[2].config(common)).parts[-3:]).exists()
     # two workers: 5, 10 and 10 min runs in list order end after 15 min (5 then 10 on one, 10 on the other)
     assert "; with --jobs 2: about 0.2 h of wall time;" in plan(jobs, common, archive, n_workers=2).splitlines()[0]
-    from multikg4rec.experiments import _makespan
+    from multikg4rec.experiments.plan import _makespan
     assert _makespan([300, 600, 600], 2) == 900 and _makespan([300, 600, 600], 1) == 1500
     assert _makespan([600, 60, 60, 60], 2) == 600 and _makespan([], 3) == 0
     # the CLI prints the same plan and trains nothing
@@ -458,7 +457,7 @@ def test_plan_bounds_a_part_done_run_of_a_new_kind_from_its_own_log(tmp_path):
     bounds what is left from the run's own epochs: epochs left to the cap x its mean epoch, plus, once it has
     validated, its mean validation x (validations left + the test pass)."""
     from multikg4rec.experiments import Job, plan
-    from multikg4rec.training import default_run_dir
+    from multikg4rec.rundir import default_run_dir
 
     common = {"output_dir": str(tmp_path / "runs")}
     job = Job("kgat", "kgat", "ml-100k", 0, {"epochs": 10, "eval_every": 5})
@@ -485,22 +484,25 @@ def test_archived_result_wins_over_a_run_retrained_here_and_the_difference_is_re
     """A run re-trained under the same name (the RecBole check does this) must not change a committed table
     silently: the archive copy is read, a warning names both NDCG@20 values; without a difference, no warning;
     a run finished only here is read from here."""
+    from multikg4rec.config import dump_config
     from multikg4rec.experiments import Job, collect
-    from multikg4rec.training import default_run_dir
+    from multikg4rec.rundir import default_run_dir
 
     common = {"output_dir": str(tmp_path / "runs")}
     jobs = [Job("bprmf", "bprmf", "ml-100k", s) for s in (0, 1, 2)]
     archive = tmp_path / "results" / "runs"
 
-    def finish(d, ndcg):
+    def finish(d, ndcg, cfg):
         d.mkdir(parents=True)
+        dump_config(cfg, d / "config.yaml")                # a run is found by the config it stores
         (d / "metrics.json").write_text(json.dumps({"test": {"ndcg@20": ndcg}}))
 
-    local = [default_run_dir(j.config(common)) for j in jobs]
-    kept = [archive.joinpath(*d.parts[-3:]) for d in local]
-    finish(local[0], 0.2506), finish(kept[0], 0.2467)      # seed 0: re-trained here, differs
-    finish(local[1], 0.30), finish(kept[1], 0.30)          # seed 1: re-trained here, same result
-    finish(local[2], 0.28)                                 # seed 2: only here
+    cfgs = [j.config(common) for j in jobs]
+    local = [default_run_dir(c) for c in cfgs]
+    kept = [archive.joinpath(*d.parts[-3:-1], d.name + "-archived") for d in local]   # any name: found by config
+    finish(local[0], 0.2506, cfgs[0]), finish(kept[0], 0.2467, cfgs[0])      # seed 0: re-trained here, differs
+    finish(local[1], 0.30, cfgs[1]), finish(kept[1], 0.30, cfgs[1])          # seed 1: re-trained here, same result
+    finish(local[2], 0.28, cfgs[2])                                          # seed 2: only here
     with caplog.at_level("WARNING", logger="multikg4rec.experiments"):
         rows = collect(jobs, common, archive)
     assert [r["run_dir"] for r in rows] == [kept[0], kept[1], local[2]]

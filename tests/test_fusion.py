@@ -1,4 +1,4 @@
-"""The fusion module (SPEC §3): BFS sequences and the Bi-Transformer's cross-modal attention."""
+"""The fusion module (docs/model.md §3): BFS sequences and the Bi-Transformer's cross-modal attention."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from multikg4rec.fusion import BiTransformer, CrossModalAttention, adjacency, attention_sources, bfs_sequences
+from multikg4rec.nn.fusion import BiTransformer, CrossModalAttention, adjacency, attention_sources, bfs_sequences
 
 
 # --------------------------------------------------------------------------- BFS
@@ -103,12 +103,12 @@ def test_bfs_accepts_a_ckg_and_is_vectorised_enough():
 
 @torch.no_grad()
 def _loop_attention(att: CrossModalAttention, x: dict, mask: torch.Tensor, m: str) -> torch.Tensor:
-    """Plain loops over batch, head and query of SPEC §3:
+    """Plain loops over batch, head and query of docs/model.md §3:
     head_m^j = softmax(Q_m^j [K_m^j ; K_o^j]^T / sqrt(d_k)) [V_m^j ; V_o^j] over the real keys."""
     d, H = att.d, att.heads
     dk = d // H
     B, N, _ = x[m].shape
-    src = [m] + [s for s in att.sources[m] if s != m]            # own block first, as written in SPEC §3
+    src = [m] + [s for s in att.sources[m] if s != m]            # own block first, as written in docs/model.md §3
     out = torch.zeros(B, N, d)
     for b in range(B):
         for j in range(H):

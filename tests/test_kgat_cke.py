@@ -121,21 +121,21 @@ def test_deterministic_with_fixed_seed(ml100k_small, name):
 def test_kgat_attention_update(ml100k_small):
     model, _ = make("kgat", ml100k_small)
     head = model.attention.head
-    uniform = model.att_values.clone()
+    uniform = model.att_id.clone()
     deg = torch.bincount(head, minlength=model.n_nodes).float()
     assert torch.allclose(uniform, 1.0 / deg[head])
     descend(model, model.calculate_kg_loss, kg_batch(model), steps=2)
     model.on_epoch_end(1)
-    assert not torch.allclose(model.att_values, uniform)
-    sums = torch.zeros(model.n_nodes).index_add(0, head, model.att_values)
+    assert not torch.allclose(model.att_id, uniform)
+    sums = torch.zeros(model.n_nodes).index_add(0, head, model.att_id)
     has = deg > 0
     assert torch.allclose(sums[has], torch.ones(int(has.sum())), atol=1e-5)
     # the attention is a buffer: saved and restored with the weights
     state = model.state_dict()
-    assert "att_values" in state
+    assert "att_id" in state
     fresh, _ = make("kgat", ml100k_small, seed=5)
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.att_values, model.att_values)
+    assert torch.equal(fresh.att_id, model.att_id)
     fresh.eval()
     model.eval()
     with torch.no_grad():
@@ -144,9 +144,9 @@ def test_kgat_attention_update(ml100k_small):
 
 def test_kgat_without_attention_keeps_uniform(ml100k_small):
     model, _ = make("kgat", ml100k_small, attention=False, aggregator="gcn")
-    before = model.att_values.clone()
+    before = model.att_id.clone()
     model.on_epoch_end(1)
-    assert torch.equal(model.att_values, before)
+    assert torch.equal(model.att_id, before)
 
 
 @pytest.mark.parametrize("name", MODELS)

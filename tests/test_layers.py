@@ -1,4 +1,4 @@
-"""Shared layers (multikg4rec.layers) against hand computation and plain loops."""
+"""Shared layers (multikg4rec.nn) against hand computation and plain loops."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from multikg4rec.layers import (Aggregator, KGPropagation, KnowledgeAwareAttention, MessageDropout,
+from multikg4rec.nn import (Aggregator, KGPropagation, KnowledgeAwareAttention, MessageDropout,
                                 SparseAdjacency, TransR, propagate, segment_softmax)
 
 

@@ -1,4 +1,4 @@
-"""Multi-KG4Rec (SPEC §2-§6) on a small real slice of ml-100k with random modal features."""
+"""Multi-KG4Rec (docs/model.md §2-§6) on a small real slice of ml-100k with random modal features."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +9,7 @@ from multikg4rec.config import load_config
 from multikg4rec.errors import UserError
 from multikg4rec.models import get_model_class
 from multikg4rec.models.multikg4rec import MultiKG4Rec, random_features
+from multikg4rec.explain import modality_report
 from multikg4rec.sampling import BPRSampler, KGSampler
 
 FEAT_DIM = 24   # small stand-in for CLIP's 512 keeps the tests fast
@@ -141,11 +142,11 @@ def test_fusion_items_cache_is_used_in_training_but_eval_is_exact(ml100k_small, 
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_attention_report_per_modality(ml100k_small, features):
+def test_modality_report_per_modality(ml100k_small, features):
     m = build(ml100k_small, features)
     m.on_epoch_end(0)
     user = int(np.argmax(np.diff(ml100k_small.train_csr.indptr)))
-    rep = m.attention_report(user, k=10)
+    rep = modality_report(m, user, k=10)
     assert len(rep["items"]) == 10
     assert set(ml100k_small.train_csr[user].indices) >= set(rep["items"])
     for key in ("fusion", "propagation", "score", "modality"):
@@ -161,9 +162,9 @@ def test_attention_report_per_modality(ml100k_small, features):
                                                                      for t in ("image", "text")), rel=1e-4)
     assert m.training                      # the report leaves the mode as it found it
     # one modality, and the ID-only ablation
-    rep = build(ml100k_small, features, modalities=["text"]).attention_report(user)
+    rep = modality_report(build(ml100k_small, features, modalities=["text"]), user)
     assert rep["fusion"] == {"text": pytest.approx(1.0)} and rep["modality"]["text"] == pytest.approx(1.0)
-    rep = build(ml100k_small, features, modalities=[]).attention_report(user)
+    rep = modality_report(build(ml100k_small, features, modalities=[]), user)
     assert rep["modality"] == {"id": pytest.approx(1.0)} and "fusion" not in rep
 
 
@@ -249,7 +250,7 @@ def test_explain_writes_report_and_plot(ml100k_small, features, tmp_path):
 def test_fused_rows_start_at_the_scale_of_the_tables_and_item_id_option(ml100k_small, features):
     """fusion_output_gain null = 1/sqrt(d): the fused item rows (LayerNorm output, per-element unit variance,
     row norm ~sqrt(d)) start at norm ~1 like the ID / projected rows; 1.0 keeps the plain LayerNorm.
-    item_id_embedding adds a learned ID row to items WITH content (SPEC §2 gives them none)."""
+    item_id_embedding adds a learned ID row to items WITH content (docs/model.md §2 gives them none)."""
     d = 64
     norms = {}
     for gain in (None, 1.0):
@@ -302,14 +303,14 @@ def test_item_id_embedding_fused_adds_the_id_row_to_the_fused_row(ml100k_small, 
         for t in ("image", "text"):
             assert torch.allclose(l0[t][:n], z[t] + fused.id_emb[t].weight[:n])
             assert torch.equal(l0[t][n:], pre[t][n:])
-        assert torch.equal(plain.idw_text, fused.idw_text)  # the pre-fusion tables are SPEC §2's
+        assert torch.equal(plain.idw_text, fused.idw_text)  # the pre-fusion tables are docs/model.md §2's
     with pytest.raises(UserError, match="item_id_embedding"):
         build(ml100k_small, features, item_id_embedding="yes")
 
 
 def test_item_id_channel_is_a_third_id_only_table_summed_in_the_score(ml100k_small, features, batches):
     """item_id_embedding: channel -> tables image, text, id; the id table's layer 0 is the learned ID rows of
-    every node (no content, no fusion), the modal tables are SPEC §2's, and the score is the sum of the
+    every node (no content, no fusion), the modal tables are docs/model.md §2's, and the score is the sum of the
     three channels' inner products."""
     m = build(ml100k_small, features, item_id_embedding="channel").eval()
     assert m.tables == ["image", "text", "id"]
@@ -335,14 +336,14 @@ def test_item_id_channel_is_a_third_id_only_table_summed_in_the_score(ml100k_sma
     loss.backward()
     assert m.id_emb["id"].weight.grad.abs().sum() > 0 and m.proj["text"].weight.grad.abs().sum() > 0
     assert m.calculate_kg_loss(batches[1]).item() > 0
-    rep = m.attention_report(0)
+    rep = modality_report(m, 0)
     assert rep["tables"] == ["image", "text", "id"] and sum(rep["modality"].values()) == pytest.approx(1.0)
     with pytest.raises(UserError, match="name of the ID-only table"):
         build(ml100k_small, features, modalities=["id", "text"])
 
 
 def test_without_modalities_it_is_kgat_step_for_step(ml100k_small, batches):
-    """w/o t&v (no modal features, no fusion) is KGAT (SPEC §4-6): same parameters from the same seed, same CF and
+    """w/o t&v (no modal features, no fusion) is KGAT (docs/model.md §4-6): same parameters from the same seed, same CF and
     KG losses, same gradients, same scores after the attention update. Catches the two drifting apart."""
     from multikg4rec.models.kgat import KGAT
     cf, kg = batches
@@ -372,7 +373,7 @@ def test_without_modalities_it_is_kgat_step_for_step(ml100k_small, batches):
 
 
 def test_user_rows_are_the_projection_of_the_mean_of_their_items_features(ml100k_small, features):
-    """SPEC §2: a user's content is the mean of its TRAIN items' features, projected: LeakyReLU(W x_u + b) +
+    """docs/model.md §2: a user's content is the mean of its TRAIN items' features, projected: LeakyReLU(W x_u + b) +
     its ID row. The full table computes it as the mean of the items' projected rows (the projection is
     affine); checked here against the definition by a plain loop, and against ``node_rows`` (the batch path,
     which projects the users' mean features)."""
@@ -404,7 +405,7 @@ def test_user_rows_are_the_projection_of_the_mean_of_their_items_features(ml100k
 
 @pytest.mark.parametrize("model", ["multikg4rec", "kgat"])
 def test_cf_loss_is_bpr_plus_l2_of_the_layer0_rows_by_a_plain_loop(ml100k_small, features, batches, model):
-    """SPEC §6 (KGAT Eq. 13, 15): L_CF = mean -ln sigma(y(u, i) - y(u, j)) + lambda * sum ||e^(0)||^2 / (2 B),
+    """docs/model.md §6 (KGAT Eq. 13, 15): L_CF = mean -ln sigma(y(u, i) - y(u, j)) + lambda * sum ||e^(0)||^2 / (2 B),
     y = e_u*^T e_i*, computed triple by triple from ``propagate()`` and the layer-0 tables. Catches the one
     gather of ``Recommender.propagated_bpr`` mixing up items and users or reading the wrong layer-0 rows."""
     from multikg4rec.models.kgat import KGAT

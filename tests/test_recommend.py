@@ -33,7 +33,7 @@ def test_test_protocol_reproduces_the_trainers_topk(run_dir):
 
 
 def test_default_leaves_out_every_known_item_and_ranks_like_a_plain_argsort(run_dir):
-    from multikg4rec.explain import load_run
+    from multikg4rec.rundir import load_run
     from multikg4rec.recommend import recommend
     model, ds, _ = load_run(run_dir)
     users = [str(t) for t in ds.user_tokens[[0, 5, 99]]]

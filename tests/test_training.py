@@ -94,18 +94,37 @@ def test_config_values_of_the_right_kind_pass_and_whole_floats_become_ints():
         load_config("bprmf", "ml-100k", overrides={"batch_size": True})
 
 
-def test_config_hash_ignores_new_options_at_their_neutral_value(monkeypatch):
-    """A key listed in NEUTRAL_VALUES leaves the run's name unchanged at that value (finished runs stay found)
-    and changes it at any other value; every other key always counts."""
+def test_a_run_is_found_by_the_config_it_stores_not_by_its_directory_name(tmp_path):
+    """Every key but the non-semantic ones names a run; a finished run whose directory has another name (an older
+    hash) is found by its stored config.yaml, and a changed value asks for another run."""
     from multikg4rec import config as C
-    cfg = load_config("bprmf", "ml-100k", None, {"seed": 3})
+    from multikg4rec.rundir import default_run_dir, find_run, run_dir_for
+    cfg = load_config("bprmf", "ml-100k", None, {"seed": 3, "output_dir": str(tmp_path)})
     before = C.config_hash(cfg)
-    monkeypatch.setattr(C, "NEUTRAL_VALUES", C.NEUTRAL_VALUES | {"new_option": None})
-    assert C.config_hash(cfg | {"new_option": None}) == before
-    assert C.config_hash(cfg | {"new_option": 0.5}) != before
-    assert C.config_hash(cfg | {"seed": 4}) != before
+    assert C.config_hash(cfg | {"seed": 4}) != before and C.config_hash(cfg | {"device": "cuda"}) != before
     assert C.config_hash(cfg | {"threads": 7}) == before        # non-semantic keys never count
     assert C.config_hash(cfg | {"tune_allocator": False}) == before
+    assert find_run(cfg) is None and run_dir_for(cfg) == default_run_dir(cfg)
+    old = default_run_dir(cfg).with_name("seed3-0ldhash0")
+    old.mkdir(parents=True)
+    C.dump_config(cfg | {"threads": 1}, old / "config.yaml")
+    assert find_run(cfg) == old and run_dir_for(cfg) == old
+    assert find_run(cfg | {"learning_rate": 0.5}) is None
+    assert find_run(cfg | {"seed": 4}) is None
+
+
+def test_convncf_trains_its_bprmf_initialisation_first(tmp_path, data_dir):
+    """`train --model convncf` (pretrain_path: auto) finds or trains the BPR-MF run it starts from
+    (Recommender.prerequisites, honoured by training.run), instead of stopping with an error."""
+    from multikg4rec.models.convncf import bprmf_config
+    from multikg4rec.rundir import find_run
+    small = {"epochs": 1, "embedding_size": 8, "channels": [4, 4, 4], "output_dir": str(tmp_path), "seed": 0,
+             "data_dir": str(data_dir), "quiet": True, "threads": 1}
+    cfg = load_config("convncf", "ml-100k", None, small)
+    res = run(cfg, quiet=True)
+    pre = find_run(bprmf_config(cfg))
+    assert pre is not None and (pre / "best_model.pt").is_file() and (pre / "metrics.json").is_file()
+    assert (res.run_dir / "metrics.json").is_file() and res.run_dir.parent.name == "convncf"
 
 
 def test_tune_allocator_takes_effect_on_glibc_and_changes_no_result(ml100k_small, tmp_path):
@@ -136,7 +155,7 @@ def test_run_commit_says_when_the_package_code_is_uncommitted(tmp_path):
     from it (untracked files and files outside the package do not count); None outside a git checkout."""
     import subprocess
 
-    from multikg4rec.training import _git_commit
+    from multikg4rec.rundir import git_commit as _git_commit
     git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa
                                     check=True, capture_output=True)
     assert _git_commit(tmp_path) is None
@@ -287,7 +306,8 @@ def test_interrupted_validation_reruns_only_the_evaluation(ml100k_small, tmp_pat
 def test_final_valid_metrics_are_the_best_epochs_own(ml100k_small, tmp_path):
     """finish() reports the validation computed when the best model was saved instead of re-running it; a fresh
     evaluation of the saved weights must give the same numbers (the assumption that saves the pass)."""
-    from multikg4rec.training import Trainer, build_model
+    from multikg4rec.models import build_model
+    from multikg4rec.training import Trainer
     cfg = _cfg("lightgcn", tmp_path, epochs=3, eval_every=1, embedding_size=16)
     res = run(cfg, dataset=ml100k_small, quiet=True)
     best = torch.load(res.run_dir / "best_model.pt", weights_only=False)
@@ -393,7 +413,7 @@ def test_cli_help_lists_models_and_options(capsys):
 def test_peak_memory_is_per_run_not_per_process():
     """A sweep trains many runs in one process: each run's peak must start from a fresh window."""
     import numpy as np
-    from multikg4rec.training import peak_rss_mb, reset_peak_rss
+    from multikg4rec.runtime import peak_rss_mb, reset_peak_rss
     reset_peak_rss()                             # earlier tests in this process may have peaked higher
     base = peak_rss_mb()
     big = np.ones(300 * 2 ** 20 // 8)           # ~300 MB touched

@@ -4,7 +4,7 @@
 Runs in OUR venv (.venv); RecBole runs in its own (bench/.venv-recbole, made by bench/recbole/setup.sh)
 through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/split``).
 
-    MULTIKG4REC_DATA=/work/shared/data .venv/bin/python bench/recbole/compare.py \\
+    MULTIKG4REC_DATA=../shared/data .venv/bin/python bench/recbole/compare.py \\
         --dataset ml-100k --models bprmf,lightgcn --seeds 2024 --threads 1
 
 * ``--models``: our model names (RecBole's counterpart from ``PAIRS``) or ``ours:RecBoleName`` pairs.
@@ -30,7 +30,8 @@ through bench/recbole/run_recbole.py, on the split our run wrote (``<run_dir>/sp
   ends (``bench/recbole/check_resume.py``; ``resumed_from_epoch`` in the row says it happened).
 * The table is ``bench/results/recbole_<dataset>.md``. Rows accumulate across invocations: the file embeds
   its rows as JSON (an HTML comment) and a new result replaces the row of the same (model, seed,
-  variant); each row's command, date and machine are listed under the table.
+  variant); each row's command, date and machine are listed under the table. Paths in the records are relative
+  to the repository (``runs/...``, ``MULTIKG4REC_DATA=../shared/data``): no machine's absolute paths.
 """
 from __future__ import annotations
 
@@ -62,7 +63,8 @@ ROWS_TAG = "<!-- recbole-compare rows:"
 def _ours_child(spec: dict) -> None:
     """In a fresh process: train (or read) one run of ours, or only write its split; print a JSON line."""
     from multikg4rec.config import load_config
-    from multikg4rec.training import default_run_dir, run
+    from multikg4rec.rundir import default_run_dir
+    from multikg4rec.training import run
 
     cfg = load_config(spec["model"], spec["dataset"], overrides=spec["overrides"])
     if spec["split_only"]:
@@ -98,7 +100,7 @@ def _load(cfg: dict):
 def _write_run_split(cfg: dict, ds) -> Path:
     """The run directory ours would use, with only its ``config.yaml`` and ``split/`` (what RecBole reads)."""
     from multikg4rec.config import dump_config
-    from multikg4rec.training import default_run_dir, write_split
+    from multikg4rec.rundir import default_run_dir, write_split
     run_dir = default_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, run_dir / "config.yaml")
@@ -115,7 +117,9 @@ def _ours_timing(cfg: dict) -> tuple[Path, dict]:
     import torch
     from multikg4rec import runtime
     from multikg4rec.models import get_model_class
-    from multikg4rec.training import Trainer, build_model, peak_rss_mb, reset_peak_rss, run, seed_everything
+    from multikg4rec.models import build_model
+    from multikg4rec.runtime import peak_rss_mb, reset_peak_rss, seed_everything
+    from multikg4rec.training import Trainer, run
 
     for pre in get_model_class(cfg["model"]).prerequisites(cfg):      # ConvNCF: its BPR-MF initialisation
         run(pre, quiet=True)
@@ -354,6 +358,19 @@ def render(dataset: str, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _portable(v):
+    """A row as the committed table records it: every path under this checkout relative to it (``runs/...``),
+    and one in the folder above it as ``../`` (``MULTIKG4REC_DATA=../shared/data``), so the records name no
+    machine's absolute paths (both frameworks run with ``cwd`` = the repository root)."""
+    if isinstance(v, dict):
+        return {k: _portable(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_portable(x) for x in v]
+    if isinstance(v, str):
+        return v.replace(f"{ROOT}/", "").replace(f"{ROOT.parent}/", "../") if ROOT.parent != ROOT else v
+    return v
+
+
 def _slim(res: dict | None) -> dict | None:
     if not res:
         return None
@@ -439,11 +456,11 @@ def main(argv=None) -> None:
                 if b_pre and b_pre.get("work_dir"):
                     shutil.rmtree(b_pre["work_dir"], ignore_errors=True)
             agree = check_eval(rb, o["run_dir"], seed, args.dataset) if args.check_eval else None
-            row = {"ours": ours, "recbole": rb, "seed": seed, "epochs_cap": args.epochs, "variant": variant,
-                   "eval_agreement": agree,
-                   "ours_result": _slim(o["metrics"]), "recbole_result": _slim(b), "run_dir": o["run_dir"],
-                   **({"recbole_pretrain": _slim(b_pre)} if b_pre else {}),
-                   "command": command, "date": utc_date(), "machine": machine()}
+            row = _portable({"ours": ours, "recbole": rb, "seed": seed, "epochs_cap": args.epochs, "variant": variant,
+                             "eval_agreement": agree,
+                             "ours_result": _slim(o["metrics"]), "recbole_result": _slim(b), "run_dir": o["run_dir"],
+                             **({"recbole_pretrain": _slim(b_pre)} if b_pre else {}),
+                             "command": command, "date": utc_date(), "machine": machine()})
             md.parent.mkdir(parents=True, exist_ok=True)
             with open(md.with_suffix(".lock"), "a") as lock:   # two compare.py calls side by side: re-read the
                 fcntl.flock(lock, fcntl.LOCK_EX)               # table under a lock, or one drops the other's row

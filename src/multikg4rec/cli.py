@@ -179,7 +179,7 @@ def cmd_reproduce(args, rest) -> int:
     common = _sweep_overrides(args, rest)
     reproduce(args.table, datasets, args.seeds, common, Path(args.results),
               models=args.models, only_summarize=args.summarize, command=command, only_plan=args.plan,
-              jobs_at_once=args.jobs)
+              jobs_at_once=args.jobs, archive=args.archive)
     return 0
 
 
@@ -288,16 +288,18 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "<table>.md (mean ± std over seeds, the paper's numbers, gaps, Wilcoxon test) "
                                    "and PNG plots. Finished runs are never redone; rows of earlier calls for other "
                                    "datasets, models or seeds stay in the table. `reproduce status` shows progress "
-                                   "of background sweeps. Extra --key value options apply to every run. "
-                                   "Multi-KG4Rec's table runs keep the recipe the committed tables were trained "
-                                   "with (kg_loss_triples: ckg, the default until 2026-12-03); --kg_loss_triples kg "
-                                   "runs them with today's.")
+                                   "of background sweeps. Extra --key value options apply to every run. A table's "
+                                   "runs start from its recipe (experiments/paper.yaml: the settings the committed "
+                                   "tables were trained with where a default has changed since; Multi-KG4Rec: "
+                                   "kg_loss_triples ckg); an option on the command line wins.")
     r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "status"])
     r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
     r.add_argument("--seeds", type=_at_least_one, default=5, help="seeds 0..N-1 (default 5)")
     r.add_argument("--models", nargs="+", help="table2 only: a subset of its models (the table keeps the rows "
                    "of earlier calls this one does not cover; delete results/<table>/runs.csv to start afresh)")
     r.add_argument("--results", default="results", help="output root (default ./results)")
+    r.add_argument("--archive", help="run archive: finished runs' small files, kept and read back by their config "
+                                     "(default <results>/runs)")
     r.add_argument("--summarize", action="store_true", help="only tabulate finished runs, train nothing")
     r.add_argument("--plan", action="store_true",
                    help="list the runs the sweep needs (finished / in progress / to train) and the minutes each "
@@ -321,7 +323,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     tu = sub.add_parser("tune", help="grid search over the paper's space (batch, lr, lambda), chosen on valid",
-                        description="Visit up to --budget points of SPEC §6's grid in a seeded random order; each "
+                        description="Visit up to --budget points of the paper's grid (docs/model.md §6) in a seeded random order; each "
                                     "point is a resumable run; the best on valid NDCG@20 is written to "
                                     "results/tune/<model>_<dataset>.best.yaml (usable as --config).")
     tu.add_argument("--model", required=True)

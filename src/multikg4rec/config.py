@@ -28,9 +28,6 @@ CONFIG_ROOT = resources.files("multikg4rec") / "configs"
 #: keys that describe where/how a run happens, not what it computes (excluded from the run hash)
 NON_SEMANTIC_KEYS = {"threads", "tune_allocator", "flush_denormal", "output_dir", "data_dir", "cache_dir",
                      "eval_batch_size", "quiet"}
-#: options added after runs were archived, with the value that reproduces the behaviour before them:
-#: left out of the hash at that value, so adding an option does not rename (and orphan) finished runs
-NEUTRAL_VALUES: dict[str, object] = {"kg_loss_triples": "ckg", "device": "cpu", "precision": "fp32"}
 
 
 def _read_yaml(path) -> dict:
@@ -169,9 +166,10 @@ def resolve_device(device) -> str:
 
 
 def config_hash(cfg: dict) -> str:
-    """Hash of everything that changes a run's result."""
-    sem = {k: v for k, v in cfg.items()
-           if k not in NON_SEMANTIC_KEYS and not (k in NEUTRAL_VALUES and v == NEUTRAL_VALUES[k])}
+    """Hash of everything that changes a run's result: every key but ``NON_SEMANTIC_KEYS``. Two
+    configs with the same hash describe the same run (``rundir.find_run`` matches stored configs
+    by it); a new directory is named after it."""
+    sem = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
     return hashlib.sha1(json.dumps(sem, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation (SPEC §7): Recall / MRR / NDCG / Hit / Precision @K.
+"""Full-ranking evaluation (docs/model.md §7): Recall / MRR / NDCG / Hit / Precision @K.
 
 Every item is a candidate except the user's excluded ones (train items; for the
 test split, train + valid items). Relevance is binary. For each evaluated user

@@ -1,4 +1,5 @@
-"""Process-level settings of a run: torch threads, the C allocator, flush-to-zero.
+"""Process-level settings of a run: torch threads, the C allocator, flush-to-zero, the seeds,
+and the process's peak memory.
 
 Why the allocator (bench/results/allocator.md): a graph model's training step
 allocates and frees dozens of (n_nodes, d) tensors, each a few MB. glibc's malloc
@@ -20,7 +21,10 @@ import functools
 import logging
 import os
 import platform
+import random
+import resource
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -131,3 +135,34 @@ def configure(cfg: dict) -> None:
     flush_denormal(bool(cfg.get("flush_denormal", False)))
     if cfg.get("tune_allocator", True):
         tune_allocator()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since the last :func:`reset_peak_rss` (Linux
+    ``VmHWM``), else since it started (``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-memory window (Linux: ``clear_refs`` 5 resets ``VmHWM``), so that
+    several runs in one process (a sweep) each report their own peak; the memory the previous
+    run freed is first handed back to the system (:func:`runtime.release_memory`)."""
+    release_memory()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass

@@ -1,4 +1,4 @@
-"""Vectorised samplers for BPR (SPEC §6) and the TransR KG loss (SPEC §2).
+"""Vectorised samplers for BPR (docs/model.md §6) and the TransR KG loss (docs/model.md §2).
 
 Negatives are drawn uniformly and rejected against the positive set in one
 vectorised membership test (sorted int64 keys + ``np.searchsorted``); the few
@@ -64,10 +64,10 @@ class BPRSampler:
 
 class KGSampler:
     """One epoch = every triple (h, r, t) once, in seeded random order, each with a
-    corrupted tail t' such that (h, r, t') is not in the graph (SPEC §2).
+    corrupted tail t' such that (h, r, t') is not in the graph (docs/model.md §2).
 
     Within a batch the triples are sorted by relation (stable), so that TransR's
-    per-relation projection works on slices (:meth:`multikg4rec.layers.TransR.project_rows`);
+    per-relation projection works on slices (:meth:`multikg4rec.nn.TransR.project_rows`);
     which triples form a batch, and their corrupted tails, do not depend on it.
 
     ``triples`` is any (n, 3) array of (head, relation, tail) node ids; tails are

@@ -1,129 +1,35 @@
-"""The one trainer: BPR (+ an alternating KG pass for KG models, SPEC §6),
-evaluation on valid every n epochs, early stopping on a valid metric (never on
-test), best checkpoint kept, resume after interruption, run artefacts.
+"""The one trainer: BPR (+ an alternating KG pass for KG models, docs/model.md §6),
+evaluation on valid every n epochs, early stopping on a valid metric (never on test),
+the best checkpoint kept, resume after interruption.
 
-A run directory holds::
-
-    config.yaml          the resolved config
-    split/D.{train,valid,test}.inter   the split, ORIGINAL ids (RecBole benchmark_filename)
-    split/D.kg, D.link   the KG as used (KG datasets only)
-    log.jsonl            one line per epoch: loss, kg_loss, seconds, valid metrics
-    checkpoint.pt        resume state (last epoch): model, optimiser, RNGs, early-stopping state, and an
-                         epoch trained but not yet validated (an interrupted evaluation reruns alone)
-    best_model.pt        weights of the best valid epoch and its valid metrics
-    metrics.json         valid and test metrics of the best epoch, best_epoch, seconds per epoch, peak memory
-    topk.tsv             per test user: original user id, then top-K original item ids in rank order
-    per_user_test.npz    per-user test metrics (for paired significance tests)
+:class:`Trainer` is the loop; :func:`run` is the Python API behind ``multikg4rec train``
+(config -> dataset -> model -> run directory -> trainer). What a run directory holds, and how
+a run is found again, is :mod:`multikg4rec.rundir`.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import platform
-import random
-import resource
-import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, runtime
-from .config import config_hash, dump_config
+from . import __version__, rundir, runtime
+from .config import config_hash
 from .data import Dataset, load_dataset
-from .data.atomic import write_atomic
-from .errors import Interrupted, RunBusy, UserError
+from .errors import Interrupted, UserError
 from .evaluation import Evaluator, format_metrics
-from .models import Recommender, get_model_class
+from .models import Recommender, build_model, get_model_class
+from .rundir import RunResult, atomic_save
+from .runtime import peak_rss_mb, reset_peak_rss, seed_everything
 from .sampling import BPRSampler, KGSampler
 
 log = logging.getLogger(__name__)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process since the last :func:`reset_peak_rss` (Linux
-    ``VmHWM``), else since it started (``ru_maxrss``)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def reset_peak_rss() -> None:
-    """Start a new peak-memory window (Linux: ``clear_refs`` 5 resets ``VmHWM``), so that
-    several runs in one process (a sweep) each report their own peak; the memory the previous
-    run freed is first handed back to the system (:func:`runtime.release_memory`)."""
-    runtime.release_memory()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _git_commit(where: Path = Path(__file__).parent) -> str | None:
-    """The short commit of the checkout the code runs from, with ``+dirty`` when tracked files under ``where``
-    (the package) differ from it: a run started from uncommitted code says so. None outside a git checkout."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where, timeout=5).stdout.strip()
-    try:
-        head = git("rev-parse", "--short", "HEAD")
-        if not head:
-            return None
-        return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", ".") else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_split(dataset: Dataset, out: Path) -> None:
-    """The split as RecBole atomic files with ORIGINAL ids (usable as RecBole's benchmark_filename)."""
-    out.mkdir(parents=True, exist_ok=True)
-    types = {"user_id": "token", "item_id": "token"}
-    for name in ("train", "valid", "test"):
-        pairs = dataset.split(name)
-        df = pd.DataFrame({"user_id": dataset.user_tokens[pairs[:, 0]], "item_id": dataset.item_tokens[pairs[:, 1]]})
-        write_atomic(df, out / f"{dataset.name}.{name}.inter", types)
-    if dataset.has_kg:
-        ent = dataset.entity_tokens.copy()
-        unlinked = np.flatnonzero(~dataset.item_linked)
-        ent[unlinked] = np.array([f"item:{t}" for t in dataset.item_tokens[unlinked]], dtype=object)
-        kg = pd.DataFrame({"head_id": ent[dataset.kg[:, 0]], "relation_id": dataset.relation_tokens[dataset.kg[:, 1]],
-                           "tail_id": ent[dataset.kg[:, 2]]})
-        write_atomic(kg, out / f"{dataset.name}.kg", {"head_id": "token", "relation_id": "token", "tail_id": "token"})
-        linked = np.flatnonzero(dataset.item_linked)
-        link = pd.DataFrame({"item_id": dataset.item_tokens[linked], "entity_id": ent[linked]})
-        write_atomic(link, out / f"{dataset.name}.link", {"item_id": "token", "entity_id": "token"})
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    metrics: dict
-    model: Recommender | None = None
-    dataset: Dataset | None = None
 
 
 class Trainer:
@@ -132,7 +38,7 @@ class Trainer:
     def __init__(self, model: Recommender, dataset: Dataset, config: dict, run_dir: Path, quiet: bool = False):
         self.model, self.dataset, self.config, self.run_dir, self.quiet = model, dataset, config, run_dir, quiet
         # the code this process runs (HEAD can move while a long run trains); a resumed run lists each segment's commit
-        self.commits: list[str | None] = [_git_commit()]
+        self.commits: list[str | None] = [rundir.git_commit()]
         # device (config ``device``): the model with every graph it holds moves there (Recommender._apply);
         # batches are moved per step; model code runs under torch's default-device context there
         self.device = torch.device(config.get("device") or "cpu")
@@ -169,7 +75,7 @@ class Trainer:
         return self.run_dir / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
-        _atomic_save({
+        atomic_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
             "train_seconds": self.train_seconds, "pending_row": self.pending_row, "rng": self.rng.bit_generator.state,
@@ -299,7 +205,7 @@ class Trainer:
             score = valid[self.metric]
             if score > self.best:
                 self.best, self.best_epoch, self.bad_evals = score, epoch, 0
-                _atomic_save({"model": self.model.state_dict(), "epoch": epoch, "valid": valid},
+                atomic_save({"model": self.model.state_dict(), "epoch": epoch, "valid": valid},
                              self.run_dir / "best_model.pt")
             else:
                 self.bad_evals += 1
@@ -338,14 +244,9 @@ class Trainer:
         valid_metrics = best_state.get("valid")
         if valid_metrics is None:
             valid_metrics = self.evaluate("valid").metrics
-        k = int(self.config["save_topk"])
-        test = self.evaluate("test", return_per_user=True, topk=k)
+        test = self.evaluate("test", return_per_user=True, topk=int(self.config["save_topk"]))
         ds = self.dataset
-        with open(self.run_dir / "topk.tsv", "w", encoding="utf-8") as f:
-            for u, row in zip(ds.user_tokens[test.topk_users], test.topk):
-                f.write(u + "\t" + "\t".join(ds.item_tokens[row[row >= 0]]) + "\n")
-        np.savez_compressed(self.run_dir / "per_user_test.npz",
-                            **{k.replace("@", "_at_"): v for k, v in test.per_user.items()})
+        rundir.write_test_exports(self.run_dir, ds, test)
         secs = self.train_seconds
         metrics = {
             "model": self.config["model"], "dataset": ds.name, "seed": self.config["seed"],
@@ -358,47 +259,32 @@ class Trainer:
                if self.device.type == "cuda" else {}),
             "n_params": int(sum(p.numel() for p in self.model.parameters())),
             "n_test_users": test.n_users, "config_hash": config_hash(self.config),
-            "encoder": self.config.get("encoder") if getattr(self.model, "uses_features", False) else None,
+            "encoder": self.config.get("encoder") if self.model.uses_features else None,
             "commit": self.commits[-1], "commits": self.commits, "version": __version__, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        os.replace(tmp, self.run_dir / "metrics.json")
+        rundir.atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         return metrics
-
-
-def default_run_dir(cfg: dict) -> Path:
-    root = Path(cfg.get("output_dir") or "runs")
-    return root / cfg["dataset"] / cfg["model"] / f"seed{cfg['seed']}-{config_hash(cfg)}"
-
-
-def build_model(cfg: dict, dataset: Dataset, features=None) -> Recommender:
-    cls = get_model_class(cfg["model"])
-    if cls.requires_kg and not dataset.has_kg:
-        raise UserError(f"model {cfg['model']!r} needs a knowledge graph; dataset {dataset.name!r} has none")
-    if getattr(cls, "uses_features", False) and features is None and cfg.get("features") != "random":
-        from .features import load_model_features
-        features = load_model_features(dataset, cfg)
-    try:
-        return cls(dataset, cfg, features=features) if getattr(cls, "uses_features", False) else cls(dataset, cfg)
-    except ValueError as e:        # the layers check their arguments: from a config, that is bad input
-        raise UserError(f"{cfg['model']}: {e}") from None
 
 
 def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, quiet: bool = False,
         dataset: Dataset | None = None, features=None) -> RunResult:
     """Train ``cfg['model']`` on ``cfg['dataset']`` and evaluate it: the Python API behind ``multikg4rec train``.
 
-    A finished run (``metrics.json`` present) is not redone unless ``restart``; an
-    unfinished one resumes from its checkpoint.
+    A finished run (``metrics.json`` present) is not redone unless ``restart``; an unfinished one
+    resumes from its checkpoint. The runs the model needs first (``Recommender.prerequisites``, e.g.
+    ConvNCF's BPR-MF initialisation) are found, or trained, before it.
     """
     runtime.configure(cfg)                                          # threads, allocator
-    run_dir = Path(run_dir) if run_dir else default_run_dir(cfg)
-    done = run_dir / "metrics.json"
-    if done.is_file() and not restart:
-        return RunResult(run_dir, json.loads(done.read_text()))
+    run_dir = Path(run_dir) if run_dir else rundir.run_dir_for(cfg)
+    if rundir.is_finished(run_dir) and not restart:
+        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+    for pre in get_model_class(cfg["model"]).prerequisites(cfg):
+        if not quiet:
+            tqdm.write(f"{cfg['model']} needs a finished {pre['model']} run first: training it")
+        run(pre, quiet=quiet)
+        runtime.configure(cfg)
     # everything that can fail on bad input happens before the run directory is touched
     reset_peak_rss()
     seed_everything(cfg["seed"])
@@ -406,25 +292,19 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
         dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
     model = build_model(cfg, dataset, features)
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock = open(run_dir / ".lock", "w")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RunBusy(f"{run_dir} is in use by another running process", run_dir) from None
-    if done.is_file() and not restart:                             # finished by that process meanwhile
-        return RunResult(run_dir, json.loads(done.read_text()))
-    if restart:
-        for f in ("checkpoint.pt", "best_model.pt", "metrics.json", "log.jsonl", "topk.tsv", "per_user_test.npz"):
-            (run_dir / f).unlink(missing_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    write_split(dataset, run_dir / "split")
+    lock = rundir.lock(run_dir)                                     # held until this process ends
+    if rundir.is_finished(run_dir) and not restart:                 # finished by that process meanwhile
+        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+    rundir.prepare(run_dir, cfg, dataset, restart)
     trainer = Trainer(model, dataset, cfg, run_dir, quiet=quiet)
     try:
         trainer.fit()
         metrics = trainer.finish()
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted after epoch {trainer.epoch}: state saved in {trainer.ckpt_path}; "
-                        f"run the same command again to resume") from None
+                          f"run the same command again to resume") from None
+    finally:
+        lock.close()
     if not quiet:
         tqdm.write(f"best epoch {metrics['best_epoch']}  test: " + format_metrics(metrics["test"]))
     return RunResult(run_dir, metrics, model, dataset)

@@ -1,4 +1,4 @@
-"""The processed dataset (SPEC §1): implicit feedback, optional k-core, a
+"""The processed dataset (docs/model.md §1): implicit feedback, optional k-core, a
 seeded random 8:1:1 split per user, contiguous ids, the knowledge graph and the
 collaborative knowledge graph (CKG).
 
@@ -147,7 +147,7 @@ class Dataset:
         return self.csr("train")
 
     def ckg(self, inverse: bool = True) -> CKG:
-        """The collaborative KG (SPEC §1): interact from TRAIN only, plus KG triples; with inverses."""
+        """The collaborative KG (docs/model.md §1): interact from TRAIN only, plus KG triples; with inverses."""
         R = self.n_relations + 1  # interact + KG relations
         u, i = self.train[:, 0], self.train[:, 1]
         head = np.concatenate([u + self.n_entities, self.kg[:, 0]])
@@ -200,7 +200,7 @@ def _warn(msg: str) -> None:
 
 
 def build_dataset(raw: RawDataset, cfg: dict) -> Dataset:
-    """Apply SPEC §1 preprocessing to a raw dataset."""
+    """Apply docs/model.md §1 preprocessing to a raw dataset."""
     inter = raw.inter
     src = raw.files[0] if raw.files else raw.name
     thr = cfg.get("rating_threshold")

@@ -1,5 +1,5 @@
 """Entity content (text, image, audio...) -> a per-(dataset, encoder) feature store -> tensors aligned to
-dataset entity ids (SPEC §2).
+dataset entity ids (docs/model.md §2).
 
     store = build_features("ml-1m", "minilm+efficientnet", data_dir=..., cache_dir=...)
     feats = align_features(store, dataset, fill="other_modality")   # {modality: (x, mask)}

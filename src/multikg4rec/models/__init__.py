@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from ..errors import UserError
-from .base import Recommender
+from .base import KnowledgeRecommender, Recommender
 
 # name -> module under multikg4rec.models (imported lazily so a broken optional
 # model never breaks the others)
@@ -44,4 +44,19 @@ def get_model_class(name: str) -> type[Recommender]:
     raise UserError(f"module {module.__name__} defines no Recommender named {key!r}")
 
 
-__all__ = ["Recommender", "available_models", "get_model_class"]
+def build_model(cfg: dict, dataset, features=None) -> Recommender:
+    """The model of ``cfg`` on ``dataset``: its features loaded from the feature store when the model
+    uses them and none are given (``features: random`` builds random ones inside the model)."""
+    cls = get_model_class(cfg["model"])
+    if cls.requires_kg and not dataset.has_kg:
+        raise UserError(f"model {cfg['model']!r} needs a knowledge graph; dataset {dataset.name!r} has none")
+    if cls.uses_features and features is None and cfg.get("features") != "random":
+        from ..features import load_model_features
+        features = load_model_features(dataset, cfg)
+    try:
+        return cls(dataset, cfg, features=features) if cls.uses_features else cls(dataset, cfg)
+    except ValueError as e:        # the layers check their arguments: from a config, that is bad input
+        raise UserError(f"{cfg['model']}: {e}") from None
+
+
+__all__ = ["Recommender", "KnowledgeRecommender", "available_models", "build_model", "get_model_class"]

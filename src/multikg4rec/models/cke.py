@@ -9,7 +9,7 @@ and the structural knowledge part (Bayesian TransR over the KG):
     item latent        e_i = eta_i + v_i                 (Sec. 4.4: offset eta + structural v)
     score              y(u, i) = e_u^T e_i
     L_CF  = sum -ln sigma( y(u, i) - y(u, j) ) + lambda (||e_u||^2 + ||eta_i||^2 + ||eta_j||^2 + ||v||^2)
-    g(h, r, t) = || W_r v_h + e_r - W_r v_t ||^2        (Sec. 4.1, TransR; SPEC §2)
+    g(h, r, t) = || W_r v_h + e_r - W_r v_t ||^2        (Sec. 4.1, TransR; docs/model.md §2)
     L_KG  = sum -ln sigma( g(h, r, t') - g(h, r, t) ) + lambda_kg ||.||^2
 
 ``v`` is the structural embedding of KG entities; entity ``i < n_items`` is item ``i``
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers import TransR
+from ..nn import TransR
 from .base import Recommender
 
 

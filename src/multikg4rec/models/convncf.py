@@ -110,17 +110,17 @@ def prerequisites(config: dict) -> list[dict]:
     """Runs that must have finished (with their checkpoint) before this ConvNCF run can start:
     its BPR-MF initialisation under ``pretrain_path: auto`` when that run is not on this
     machine (a sweep trains it first; an archived copy in ``results/runs/`` has no checkpoint)."""
-    from ..training import default_run_dir
+    from ..rundir import run_dir_for
     if str(config.get("pretrain_path")) != "auto":
         return []
     cfg = bprmf_config(config)
-    return [] if (default_run_dir(cfg) / "best_model.pt").is_file() else [cfg]
+    return [] if (run_dir_for(cfg) / "best_model.pt").is_file() else [cfg]
 
 
 def bprmf_run_dir(config: dict):
     """The run directory of :func:`bprmf_config`'s run; an error if it has not finished here."""
-    from ..training import default_run_dir
-    run_dir = default_run_dir(bprmf_config(config))
+    from ..rundir import run_dir_for
+    run_dir = run_dir_for(bprmf_config(config))
     if not (run_dir / "best_model.pt").is_file():
         raise UserError(f"convncf: pretrain_path auto: no finished BPR-MF run at {run_dir}; train it first: "
                         f"multikg4rec train --model bprmf --dataset {config['dataset']} --seed {config['seed']} "

@@ -1,7 +1,7 @@
 """KGAT: Knowledge Graph Attention Network.
 
 Wang, He, Cao, Liu, Chua, "KGAT: Knowledge Graph Attention Network for
-Recommendation", KDD 2019. Equations as numbered in the paper (and SPEC §2, §4-6):
+Recommendation", KDD 2019. Equations as numbered in the paper (and docs/model.md §2, §4-6):
 
     g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2                       (Eq. 1, TransR)
     L_KG = sum -ln sigma( g(h, r, t') - g(h, r, t) )                   (Eq. 2)
@@ -26,7 +26,7 @@ users); item ``i`` is entity ``i``.
 
 Cost (bench/results/propagation.md): every CF step propagates over the whole CKG
 (ml-1m: 1.65M edges, ~0.47 s forward+backward on one busy core with the CSR SpMM of
-``layers.SparseAdjacency``), independent of the batch size; hence the ml-1m config's
+``nn.SparseAdjacency``), independent of the batch size; hence the ml-1m config's
 CF batch of 8192 (99 steps, ~78 s per epoch including the KG pass).
 """
 from __future__ import annotations
@@ -34,59 +34,35 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import KGPropagation, KnowledgeAwareAttention, TransR
-from .base import Recommender
+from ..nn import KGPropagation, TransR
+from .base import KnowledgeRecommender
 
 
-class KGAT(Recommender):
+class KGAT(KnowledgeRecommender):
     name = "kgat"
-    requires_kg = True
-    uses_kg_loss = True
 
     def __init__(self, dataset, config):
         super().__init__(dataset, config)
         d = int(config["embedding_size"])
         self.reg_weight = float(config["reg_weight"])
         self.kg_reg_weight = float(config["kg_reg_weight"])
-        self.use_attention = bool(config["attention"])
         ckg = dataset.ckg()
         self.n_nodes = ckg.n_nodes
         # one table over CKG nodes: entities 0..n_entities-1 (items first), then users
         self.node_emb = nn.Embedding(ckg.n_nodes, d)
         nn.init.xavier_uniform_(self.node_emb.weight)
         self.transr = TransR(ckg.n_relations, d, int(config["kg_embedding_size"]))
-        self.attention = KnowledgeAwareAttention(ckg.head, ckg.relation, ckg.tail, ckg.n_nodes)
         self.propagation = KGPropagation(d, config["layers"], config["aggregator"], config["mess_dropout"])
-        # attention values in CSR order; a buffer so checkpoints resume with the same adjacency
-        self.register_buffer("att_values", self._uniform_attention())
-        self.register_buffer("ui_rows", self.ckg_ui_rows(), persistent=False)
+        self.init_attention(["id"])                     # one table, its attention values in buffer att_id
 
-    # ---- attention
-    def _uniform_attention(self) -> torch.Tensor:
-        """1 / |N_h| for every triple of head h (before the first update; also the 'w/o att' ablation)."""
-        head = self.attention.head
-        deg = torch.bincount(head, minlength=self.n_nodes).float()
-        return 1.0 / deg[head]
-
-    @property
-    def adjacency(self):
-        """The attention adjacency over ``att_values`` (``with_values`` returns the same
-        object while they are unchanged, so its cached transpose serves a whole epoch)."""
-        return self.attention.structure.with_values(self.att_values)
-
-    @torch.no_grad()
-    def update_attention(self) -> None:
-        """Recompute pi(h, r, t) and its per-head softmax with the current parameters (Eq. 4-5)."""
-        if self.use_attention:
-            self.att_values.copy_(self.attention(self.node_emb.weight, self.transr).values)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.update_attention()
+    # ---- attention (Eq. 4-5), recomputed after each epoch (KnowledgeRecommender.on_epoch_end)
+    def attention_inputs(self):
+        return {"id": (self.node_emb.weight, self.transr)}
 
     # ---- propagation and losses
     def _final(self) -> torch.Tensor:
         """e* (Eq. 11) of every item, then every user: (n_items + n_users, embedding_size + sum(layers))."""
-        return self.propagation(self.node_emb.weight, self.adjacency, rows=self.ui_rows)
+        return self.propagation(self.node_emb.weight, self.adjacency("id"), rows=self.ui_rows)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings (Eq. 11): users (n_users, d_out), items (n_items, d_out)."""

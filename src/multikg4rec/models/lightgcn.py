@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers import SparseAdjacency
-from ..sparse import normalized_bipartite_adjacency
+from ..nn import SparseAdjacency
+from ..nn.sparse import normalized_bipartite_adjacency
 from .base import Recommender
 
 

@@ -74,7 +74,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..layers import MessageDropout, SparseAdjacency, segment_softmax
+from ..nn import MessageDropout, SparseAdjacency, segment_softmax
 from .base import Recommender
 
 AGGREGATORS = ("add", "concat")
@@ -116,7 +116,7 @@ class Graph:
 class _AttentionSpMM(torch.autograd.Function):
     """``P C`` with P = ``adj`` carrying the attention values (E,), differentiable in both.
 
-    Forward and the C-gradient are the CSR SpMMs of :class:`~multikg4rec.layers.SparseAdjacency`;
+    Forward and the C-gradient are the CSR SpMMs of :class:`~multikg4rec.nn.SparseAdjacency`;
     the value gradient ``dP_e = <dOut[h_e], C[t_e]>`` is one sampled dense-dense product
     (``torch.sparse.sampled_addmm``, an SDDMM over P's pattern), ~5x faster on CPU than
     gathering the two (E, d) row sets (candidate to move into ``layers``)."""

@@ -23,7 +23,7 @@ the modules are in the paper's order:
 How modal features reach the model: the model never reads files. The trainer /
 CLI builds ``features = {modality: (x (n_entities, d_m) float, mask (n_entities,)
 bool)}`` from the feature store (``multikg4rec.features.align_features``, which
-also applies SPEC §2's "other modality" fill for aligned encoders) and calls
+also applies docs/model.md §2's "other modality" fill for aligned encoders) and calls
 ``MultiKG4Rec(dataset, config, features=features)``. With ``features=None`` the
 model accepts only ``config["features"] == "random"`` (tests, smoke runs): random
 L2-normalised features of ``random_feature_dim`` with 10% of rows missing.
@@ -43,11 +43,11 @@ attention as they are, users' softmax collapses onto one item (ml-100k, 6 epochs
 max weight 0.64-0.72, uniform would be 0.03; bench/results/attention.md). The last
 LayerNorm's gain therefore starts at 1/sqrt(d) (learned afterwards): 0.11-0.19.
 
-Item ID embeddings (choice, ``item_id_embedding``, default off = SPEC §2): items with
+Item ID embeddings (choice, ``item_id_embedding``, default off = docs/model.md §2): items with
 content are represented by their content only; ``true`` adds a learned ID row to
 them before the fusion, as users have; ``fused`` adds it to the item's fused row
 (layer 0 of the propagation: z_i^m + ID_i^m), so each item has KGAT's free
-parameters beside its content; ``channel`` keeps the modal tables as SPEC §2 has them
+parameters beside its content; ``channel`` keeps the modal tables as docs/model.md §2 has them
 and adds a third, ID-only table (every node a learned row, KGAT's layer 0) with its own
 TransR, attention and propagation, concatenated in the prediction like a modality
 (e* = e^{v*} || e^{t*} || e^{id*}, so y = sum of the three channels' inner products:
@@ -70,7 +70,7 @@ comes from a cache of fused features (historical embeddings) refreshed for the
 fused items at each step and for all items at each epoch end. Evaluation, the
 attention update and the case study always fuse every item exactly. Measured on
 ml-1m (2 idle threads, 2026-12-03, bench/results/kg_epoch.md): an epoch costs 2.08-2.09x KGAT's with
-``kg_loss_triples: kg`` (the default: TransR on the KG's entity triples, SPEC §2) and 2.79-2.83x with ``ckg``
+``kg_loss_triples: kg`` (the default: TransR on the KG's entity triples, docs/model.md §2) and 2.79-2.83x with ``ckg``
 (TransR over the whole CKG, as KGAT's release; the recipe of the paper tables' runs) on an Intel Xeon, 2.22-2.67x
 and 2.54-3.18x on an AMD EPYC. Two modalities are two propagations over the CKG; with the fusion switched off
 (``fusion: none``) the ``kg`` epoch is 1.40-1.74x KGAT's (AMD), so the Bi-Transformer over ``fusion_items``
@@ -87,16 +87,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import UserError
-from ..fusion import MODES, BiTransformer, bfs_sequences
-from ..layers import KGPropagation, KnowledgeAwareAttention, SparseAdjacency, TransR
-from .base import Recommender
+from ..nn.fusion import MODES, BiTransformer, bfs_sequences
+from ..nn import KGPropagation, SparseAdjacency, TransR
+from .base import KnowledgeRecommender
 
 log = logging.getLogger(__name__)
 
-#: LeakyReLU slope of the modal projection (SPEC §2; same slope as the aggregators)
+#: LeakyReLU slope of the modal projection (docs/model.md §2; same slope as the aggregators)
 NEGATIVE_SLOPE = 0.2
-#: relation id of user -> item in ``Dataset.ckg()``
-INTERACT = 0
 #: items per chunk when fusing without gradients (bounds memory)
 FUSE_CHUNK = 1024
 
@@ -113,8 +111,8 @@ def random_features(dataset, modalities, dim: int, seed: int, missing: float = 0
     return out
 
 
-class MultiKG4Rec(Recommender):
-    """Multi-KG4Rec (SPEC §2-§6). ``MultiKG4Rec(dataset, config, features=None)``.
+class MultiKG4Rec(KnowledgeRecommender):
+    """Multi-KG4Rec (docs/model.md §2-§6). ``MultiKG4Rec(dataset, config, features=None)``.
 
     Args:
         dataset: a :class:`~multikg4rec.data.Dataset` with a KG.
@@ -126,8 +124,6 @@ class MultiKG4Rec(Recommender):
     """
 
     name = "multikg4rec"
-    requires_kg = True
-    uses_kg_loss = True
     uses_features = True
 
     def __init__(self, dataset, config, features=None):
@@ -135,7 +131,6 @@ class MultiKG4Rec(Recommender):
         d = self.d = int(config["embedding_size"])
         self.reg_weight = float(config["reg_weight"])
         self.kg_reg_weight = float(config["kg_reg_weight"])
-        self.use_attention = bool(config["attention"])
         item_id = config.get("item_id_embedding", False)
         if item_id not in (False, True, None, "fused", "channel"):
             raise UserError(f"item_id_embedding: {item_id!r} is not one of false, true, fused, channel")
@@ -184,13 +179,9 @@ class MultiKG4Rec(Recommender):
             self._cache_ok = False
 
         # ---- §4 Information propagation module (one per modality; shared graph structure)
-        self.attention = KnowledgeAwareAttention(ckg.head, ckg.relation, ckg.tail, ckg.n_nodes)
         self.propagation = nn.ModuleDict({t: KGPropagation(d, config["layers"], config["aggregator"],
                                                            config["mess_dropout"]) for t in self.tables})
-        self.register_buffer("ui_rows", self.ckg_ui_rows(), persistent=False)
-        uniform = self._uniform_attention()
-        for t in self.tables:   # attention values in CSR order, persistent so a resumed run keeps them
-            self.register_buffer(f"att_{t}", uniform.clone())
+        self.init_attention(self.tables)                                  # buffers att_<table>, uniform
 
     # ------------------------------------------------------------------ §2 embedding module
     def _resolve_features(self, features, dataset, config) -> dict:
@@ -221,7 +212,7 @@ class MultiKG4Rec(Recommender):
 
     def _register_content(self, m: str, x: torch.Tensor, mask: torch.Tensor, dataset) -> None:
         """Raw content of every CKG node for modality m (entities, then users = mean of
-        their train items' features, SPEC §2), kept compact: only rows with content."""
+        their train items' features, docs/model.md §2), kept compact: only rows with content."""
         from ..features.align import user_mean_features
         xu, mu = user_mean_features(dataset, x, mask)
         has = torch.cat([mask, mu])                                          # (n_nodes,)
@@ -289,7 +280,7 @@ class MultiKG4Rec(Recommender):
         return self.node_rows(t, nodes)
 
     def calculate_kg_loss(self, batch):
-        """TransR on each modality's 64-d table (SPEC §2), summed over modalities:
+        """TransR on each modality's 64-d table (docs/model.md §2), summed over modalities:
         g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2, L_KG = -ln sigma( g(h, r, t') - g(h, r, t) )."""
         hrt = torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1)       # (B, 3)
         loss = 0.0
@@ -301,7 +292,7 @@ class MultiKG4Rec(Recommender):
     # ------------------------------------------------------------------ §3 fusion module
     def fuse(self, pre: dict[str, torch.Tensor], items: torch.Tensor | None = None,
              need_weights: bool = False):
-        """Fused item features z_i^m over the BFS sequences S_i (SPEC §3).
+        """Fused item features z_i^m over the BFS sequences S_i (docs/model.md §3).
         pre: pre-fusion tables; items: (k,) item ids (all by default) -> dict m -> (k, d)."""
         seq = self.seq if items is None else self.seq[items]
         mask = self.seq_mask if items is None else self.seq_mask[items]
@@ -338,7 +329,7 @@ class MultiKG4Rec(Recommender):
         return out
 
     def layer0(self, pre, fused) -> dict[str, torch.Tensor]:
-        """Propagation input (SPEC §4): item rows replaced by their fused features."""
+        """Propagation input (docs/model.md §4): item rows replaced by their fused features."""
         if not self.use_fusion:
             return pre
         if self.item_id_fused:                                                # z_i^m + ID_i^m (choice, see above)
@@ -346,25 +337,19 @@ class MultiKG4Rec(Recommender):
         return {t: torch.cat([fused[t], pre[t][self.n_items:]]) if t in fused else pre[t] for t in self.tables}
 
     # ------------------------------------------------------------------ §4 propagation
-    def _uniform_attention(self) -> torch.Tensor:
-        head = self.attention.head
-        deg = torch.bincount(head, minlength=self.n_nodes).float()
-        return 1.0 / deg[head]
-
-    def adjacency(self, t: str):
-        return self.attention.structure.with_values(getattr(self, f"att_{t}"))
-
     @torch.no_grad()
     def update_attention(self) -> None:
-        """Recompute pi(h, r, t) and its per-head softmax per modality (SPEC §4) from
-        the current layer-0 tables (fused item rows) and TransR parameters."""
-        pre = self.pre_tables()
-        fused = self._fuse_all_nograd(pre) if self.use_fusion else None
-        l0 = self.layer0(pre, fused)
-        if self.use_attention:
-            for t in self.tables:
-                getattr(self, f"att_{t}").copy_(self.attention(l0[t], self.transr[t]).values)
+        """Recompute pi(h, r, t) and its per-head softmax per table (docs/model.md §4) from the
+        current layer-0 tables (fused item rows) and TransR parameters."""
+        l0 = self.exact_layer0()
+        super().update_attention({t: (l0[t], self.transr[t]) for t in self.tables})
         self._diag = self._state_summary(l0)
+
+    @torch.no_grad()
+    def exact_layer0(self) -> dict[str, torch.Tensor]:
+        """Layer-0 tables with every item fused exactly (no cache): dict t -> (n_nodes, d)."""
+        pre = self.pre_tables()
+        return self.layer0(pre, self._fuse_all_nograd(pre) if self.use_fusion else None)
 
     @torch.no_grad()
     def _state_summary(self, l0) -> dict:
@@ -385,11 +370,8 @@ class MultiKG4Rec(Recommender):
     def diagnostics(self) -> dict:
         return getattr(self, "_diag", {})
 
-    def on_epoch_end(self, epoch: int) -> None:
-        self.update_attention()
-
     def _final(self, items: torch.Tensor | None = None):
-        """e* of every item and user (SPEC §5): (n_items + n_users, D), items first, with
+        """e* of every item and user (docs/model.md §5): (n_items + n_users, D), items first, with
         D = len(tables) * (d + sum(layers)); and the layer-0 tables (for the L2 term)."""
         pre = self.pre_tables()
         fused = self._fused_items(pre, items) if self.use_fusion else None
@@ -399,7 +381,7 @@ class MultiKG4Rec(Recommender):
         return torch.cat(outs, dim=1), l0                     # e* = e^{v*} || e^{t*}, e^{m*} = e^{m(0)} || ... || e^{m(L)}
 
     def propagate(self, items: torch.Tensor | None = None):
-        """Final embeddings (SPEC §5): users (n_users, D), items (n_items, D); and the layer-0 tables."""
+        """Final embeddings (docs/model.md §5): users (n_users, D), items (n_items, D); and the layer-0 tables."""
         out, l0 = self._final(items)
         return out[self.n_items:], out[: self.n_items], l0
 
@@ -419,76 +401,3 @@ class MultiKG4Rec(Recommender):
             self.prepare_eval()
         u, i = self._eval_cache
         return u[users] @ i.T                                                 # y(u, i) = e_u*^T e_i*
-
-    # ------------------------------------------------------------------ case study (Fig. 4)
-    @torch.no_grad()
-    def attention_report(self, user: int, k: int = 10) -> dict:
-        """How much user ``user`` (internal id) attends to each modality (the case study, Fig. 4).
-
-        Over the user's train items (the ``k`` with the highest score when there are more):
-
-        * ``fusion[m]``: attention mass the items' own rows put on modality m's keys in
-          the Bi-Transformer (mean over items, blocks, heads and query modalities);
-        * ``propagation[t]``: softmax over modalities of the mean knowledge-aware
-          attention logit pi(u, interact, i) of table t (SPEC §4). Reported, but NOT
-          used in ``modality``: each table's logits live in their own TransR space
-          (measured on ml-100k: this softmax gives the image table 0.98-0.998 for every
-          user, a scale effect, not a preference);
-        * ``score[t]``: share of |sum over items of the score part e_u^{t*}.e_i^{t*}|:
-          how much of the user's scores for these items each modality's embeddings carry;
-        * ``modality[t]``: mean of ``fusion`` (when the fusion runs) and ``score``;
-        * per item: ``item_attention[t]`` (softmax of pi over the user's train items,
-          table t), ``item_fusion[m]``, ``item_scores[t]``.
-
-        Each of ``fusion``, ``propagation``, ``score``, ``modality`` sums to 1.
-        """
-        was = self.training
-        self.eval()
-        try:
-            train = self.dataset.train_csr
-            dev = self.id_emb[self.tables[0]].weight.device
-            all_items = torch.from_numpy(train.indices[train.indptr[user]:train.indptr[user + 1]].astype(np.int64))
-            all_items = all_items.to(dev)                                     # sorted (canonical CSR)
-            items = all_items
-            pre = self.pre_tables()
-            fused = self._fuse_all_nograd(pre) if self.use_fusion else None
-            l0 = self.layer0(pre, fused)
-            outs = {t: self.propagation[t](l0[t], self.adjacency(t)) for t in self.tables}
-            u_node = self.n_entities + int(user)
-            parts = {t: outs[t][items] @ outs[t][u_node] for t in self.tables}  # (n_items_u,)
-            if len(items) > k:
-                top = torch.topk(sum(parts.values()), k).indices
-                items, parts = items[top], {t: v[top] for t, v in parts.items()}
-            rep = {"user": int(user), "items": items.tolist(), "tables": list(self.tables)}
-            if len(items) == 0:
-                share = {t: 1.0 / len(self.tables) for t in self.tables}
-                return rep | {"modality": share, "propagation": share, "score": share}
-            # propagation: pi(u, interact, i) per table
-            logits, item_att = {}, {}
-            r = torch.full((len(all_items),), INTERACT, dtype=torch.long, device=dev)
-            for t in self.tables:
-                tr = self.transr[t]
-                eh = tr.project(l0[t][u_node].expand(len(all_items), -1), r)                 # W_r e_u
-                et = tr.project(l0[t][all_items], r)                                          # W_r e_i
-                pi = (et * torch.tanh(eh + tr.relation_emb[INTERACT])).sum(-1)    # pi(h, r, t), SPEC §4
-                sel = torch.searchsorted(all_items, items)
-                logits[t] = pi[sel].mean()
-                item_att[t] = torch.softmax(pi, 0)[sel].tolist()
-            prop = torch.softmax(torch.stack([logits[t] for t in self.tables]), 0)
-            rep["propagation"] = {t: float(p) for t, p in zip(self.tables, prop)}
-            tot = torch.stack([parts[t].sum() for t in self.tables])
-            sc = tot.abs() / tot.abs().sum().clamp_min(1e-12)
-            rep["score"] = {t: float(s) for t, s in zip(self.tables, sc)}
-            rep["item_attention"] = item_att
-            rep["item_scores"] = {t: parts[t].tolist() for t in self.tables}
-            if self.use_fusion:
-                x = {m: pre[m][self.seq[items]] for m in self.modalities}
-                per_item = self.fusion.modality_attention(x, self.seq_mask[items])  # m -> (k,)
-                rep["item_fusion"] = {m: v.tolist() for m, v in per_item.items()}
-                rep["fusion"] = {m: float(v.mean()) for m, v in per_item.items()}
-                rep["modality"] = {t: (rep["fusion"].get(t, 0.0) + rep["score"][t]) / 2 for t in self.tables}
-            else:
-                rep["modality"] = dict(rep["score"])
-            return rep
-        finally:
-            self.train(was)

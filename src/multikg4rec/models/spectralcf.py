@@ -17,7 +17,7 @@ Choices:
 
 * The eigendecomposition is never formed: with the full eigenbasis,
   U U^-1 + U Lambda U^-1 is exactly ``I + L``, a sparse matrix, multiplied with the
-  CSR SpMM of :mod:`multikg4rec.sparse`. (The release, lzheng21/SpectralCF, builds
+  CSR SpMM of :mod:`multikg4rec.nn.sparse`. (The release, lzheng21/SpectralCF, builds
   the dense eigenbasis with ``np.linalg.eig`` and writes U^T for U^-1; for the
   non-symmetric random-walk Laplacian the two differ, U^-1 is the spectral
   reading and the only one that scales.)
@@ -35,7 +35,7 @@ Choices:
   lambda = 1e-3 on the batch's final embeddings (sum of squares / 2, divided by the
   batch size, as the release), batch 1024. The release optimises with RMSProp at
   lr 1e-3; with the trainer's Adam that rate stalls on a plateau (see the YAML), so
-  the default is 5e-3 from SPEC §6's grid. Xavier init (SPEC §6; the release draws
+  the default is 5e-3 from docs/model.md §6's grid. Xavier init (docs/model.md §6; the release draws
   N(0.01, 0.02)).
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..layers import SparseAdjacency
+from ..nn import SparseAdjacency
 from .base import Recommender
 
 
