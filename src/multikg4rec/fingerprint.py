@@ -2,7 +2,7 @@
 
 Cache keys hash what a file *holds*, not where it lies or when it was written:
 a data folder that is copied, re-mounted or moved (``../shared/data`` vs
-``/work/shared/data``, fresh mtimes after every copy) keeps its cached
+an absolute path, fresh mtimes after every copy) keeps its cached
 datasets and feature stores, while any change of content rebuilds them.
 Digests are memoised per process on (path, size, mtime), so a file is read
 once however often a key is computed.

@@ -48,8 +48,7 @@ class Trainer:
         self.evaluator = Evaluator(dataset.n_items, ks=tuple(config["topk"]), batch_size=config["eval_batch_size"],
                                    device=self.device)
         # fused Adam: one kernel per parameter instead of ~10 elementwise passes over it; KG models update
-        # their whole node table at every step (KGAT on ml-100k: CF step 0.92x, KG step 0.82x of the default
-        # Adam's, bench/results/kgat_step.md)
+        # their whole node table at every step (bench/results/kgat_step.md)
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"],
                                           weight_decay=config["weight_decay"], fused=True)
         self.rng = np.random.default_rng(config["seed"])
@@ -190,8 +189,8 @@ class Trainer:
         """Validate if due, keep the best model, checkpoint, log; True when early stopping says stop.
 
         Before a validation the checkpoint already holds the epoch's training (``pending_row``), so
-        an interruption during a long full-ranking evaluation (ConvNCF on ml-1m: ~30-50 min on one
-        core) loses only that evaluation; the evaluation uses no random numbers, so the resumed run
+        an interruption during a long full-ranking evaluation (ConvNCF's on ml-1m takes most of an
+        hour on one core: bench/results/convncf_eval.md) loses only that evaluation; the evaluation uses no random numbers, so the resumed run
         is the uninterrupted one."""
         cfg, epoch = self.config, row["epoch"]
         stop = False
@@ -234,8 +233,7 @@ class Trainer:
         """Reload the best epoch, evaluate test once, write the artefacts.
 
         The valid metrics are the best epoch's, as computed when it was saved (the same weights and data, so
-        the same numbers: ``tests/test_training.py`` re-evaluates to check); that spares one full-ranking pass
-        (~30-50 min for ConvNCF on ml-1m on one core). A best model saved before it carried them is
+        the same numbers: ``tests/test_training.py`` re-evaluates to check); that spares one full-ranking pass. A best model saved before it carried them is
         re-evaluated."""
         best = self.run_dir / "best_model.pt"
         best_state = torch.load(best, map_location="cpu", weights_only=False) if best.is_file() else {}
