@@ -1,7 +1,7 @@
 """Summarise learning curves (the trainer's log.jsonl files) side by side: best valid NDCG@20 and its
 epoch, the training loss there and at the end, and the epoch-to-epoch swing of valid NDCG@20.
 
-    python bench/learning_curves.py results/diagnosis/*/log.jsonl --write results/diagnosis/curves.md
+    python bench/learning_curves.py results/studies/diagnosis/*/log.jsonl --write results/studies/diagnosis/curves.md
 """
 from __future__ import annotations
 

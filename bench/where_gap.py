@@ -3,7 +3,7 @@ each one recommends are. Reads only run-directory artefacts (``split/``, ``topk.
 original ids, so it works for any two models.
 
     python bench/where_gap.py runs/ml-1m/kgat/seed0-1d9fd1f4 runs/ml-1m/multikg4rec/seed0-63875389 \
-        --write results/diagnosis/where_gap.md
+        --write results/studies/diagnosis/where_gap.md
 
 * per user: NDCG@20 recomputed from ``topk.tsv`` (binary relevance, IDCG from min(|test|, 20); checked against
   each run's ``metrics.json``), grouped by quartile of the user's number of train interactions;

@@ -391,19 +391,6 @@ def test_unaligned_store_fills_zeros(tmp_path):
     assert m.tolist() == [True, True, False] and not x[2].any()
 
 
-def test_dropped_linked_item_keeps_its_content_as_kg_entity(tmp_path):
-    part = HashText()
-    c = _text_content(3)                                        # items "1", "2", "3"
-    s1 = build_store(c, Encoder("hash", [part]), cache_dir=tmp_path, progress=False)
-    c.links = {"m.3": "3"}                                      # item 3 <-> KG entity m.3
-    s2 = build_store(c, Encoder("hash", [part]), cache_dir=tmp_path, progress=False)
-    assert s2.path == s1.path and part.encoded == 3 and s2.links == {"m.3": "3"}   # links refreshed, no re-encode
-    ds = _dataset(["1", "2"], ["", "", "m.3", "m.4"])           # item 3 left the interactions
-    x, m = align_features(s2, ds)["text"]
-    assert m.tolist() == [True, True, True, False]
-    np.testing.assert_array_equal(x[2].numpy(), s2.features["text"][2])
-
-
 # --------------------------------------------------------------------------- CLI
 
 def test_cli_build_and_info(tmp_path, capsys):
@@ -423,3 +410,24 @@ def test_cli_build_and_info(tmp_path, capsys):
     assert "2 rows" in out and "text" in out and "dim     4" in out and str(tmp_path / "c") in out
     args = parser.parse_args(["features", "info", "--dataset", "toy", *common])
     assert args.func(args) == 0 and "precomputed" in capsys.readouterr().out
+
+
+def test_features_build_defaults_to_the_encoder_training_uses(monkeypatch, capsys):
+    """`features build` without --encoder builds what `train` would load on that dataset, not another store."""
+    from multikg4rec.cli import main
+    from multikg4rec.config import load_config
+    from multikg4rec.features import store as store_mod
+    asked = []
+
+    class Done(Exception):
+        pass
+
+    def fake_build(dataset, encoder, **kw):
+        asked.append((dataset, encoder))
+        raise Done
+    monkeypatch.setattr(store_mod, "build_features", fake_build)
+    for ds in ("ml-1m", "lastfm-2k"):
+        with pytest.raises(Done):
+            main(["features", "build", "--dataset", ds])
+    assert asked == [(ds, load_config("multikg4rec", ds)["encoder"]) for ds in ("ml-1m", "lastfm-2k")]
+    assert asked[0][1] == "minilm+efficientnet" and asked[1][1] == "precomputed"

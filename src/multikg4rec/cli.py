@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .config import CONFIG_ROOT, load_config, parse_value
 from . import __version__
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 DATASETS_HELP = ("built-in layouts: ml-1m, lastfm-2k, amazon-book; any folder <data-dir>/<NAME>/ with RecBole atomic "
                  "files NAME.inter [.kg .link .item] (e.g. ml-100k)")
@@ -123,7 +123,7 @@ def cmd_models(args, rest) -> int:
 
 def cmd_explain(args, rest) -> int:
     from .explain import explain_run
-    out = explain_run(args.run, args.user, out=args.out)
+    out = explain_run(args.run, args.user, out=args.out, data_dir=args.data_dir)
     print(json.dumps(out, indent=2, default=str))
     return 0
 
@@ -133,7 +133,7 @@ def cmd_recommend(args, rest) -> int:
     if not args.users and not args.all_users:
         raise UserError("name the users: --users ID [ID ...] (original ids) or --all-users")
     recs = recommend(args.run, None if args.all_users else args.users, k=args.k, exclude=args.exclude,
-                     labels=not args.no_labels)
+                     labels=not args.no_labels, data_dir=args.data_dir)
     if args.out:
         recs.to_csv(args.out, sep="\t", index=False)
         print(f"wrote {len(recs)} recommendations for {recs['user'].nunique()} users to {args.out}")
@@ -265,6 +265,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     e.add_argument("--run", required=True, help="run directory")
     e.add_argument("--user", required=True, help="ORIGINAL user id")
     e.add_argument("--out", help="where to write the plot/data (default <run>/explain)")
+    e.add_argument("--data-dir", help="data root, only for runs made before runs kept their own data")
     e.set_defaults(func=cmd_explain)
 
     rc = sub.add_parser("recommend", help="top-K items for users from a trained run (original ids)",
@@ -275,12 +276,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     rc.add_argument("--run", required=True, help="run directory (runs/<dataset>/<model>/seed<S>-<hash>)")
     rc.add_argument("--users", nargs="+", help="ORIGINAL user ids")
     rc.add_argument("--all-users", action="store_true", help="every user of the run's dataset")
-    rc.add_argument("--k", type=int, default=10, help="items per user (default 10)")
+    rc.add_argument("--k", type=_at_least_one, default=10, help="items per user (default 10)")
     rc.add_argument("--exclude", default="all", choices=["all", "train+valid", "train", "none"],
                     help="known interactions left out: all (train+valid+test, default), train+valid (the test "
                          "protocol: reproduces the run's topk.tsv), train, none")
     rc.add_argument("--out", help="write a TSV file instead of printing")
     rc.add_argument("--no-labels", action="store_true", help="no item title column")
+    rc.add_argument("--data-dir", help="data root: item titles (the run answers from its own copy of its data; "
+                                       "runs made before runs kept one are rebuilt from here)")
     rc.set_defaults(func=cmd_recommend)
 
     r = sub.add_parser("reproduce", help="the paper's tables/figure as resumable sweeps (results/<table>/)",
@@ -347,6 +350,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _os_hint(e: OSError) -> str:
+    """What to do about an OS error, in a few words."""
+    import errno
+    return {errno.ENOSPC: " (the disk is full: free space or choose another --output-dir)",
+            errno.EACCES: " (no permission: choose a folder you can write, e.g. --output-dir)",
+            errno.EROFS: " (a read-only file system: choose another --output-dir)",
+            errno.ENOTDIR: " (a file stands where a folder is expected: move it or choose another path)",
+            errno.EEXIST: " (a file stands where a folder is expected: move it or choose another path)",
+            errno.EISDIR: " (a folder stands where a file is expected)"}.get(e.errno, "")
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     # SIGTERM (kill, a batch scheduler) stops like Ctrl-C: the last finished epoch is kept
@@ -360,6 +374,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(inspect.signature(args.func).parameters) == 1:  # subcommands registered by features.cli
             return args.func(args) or 0
         return args.func(args, rest) or 0
+    except Interrupted as e:                # Ctrl-C / SIGTERM: the state is saved, the same command resumes
+        print(f"interrupted: {e}", file=sys.stderr)
+        return 130
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -369,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:                 # `multikg4rec ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
         return 0
+    except OSError as e:                    # a path that cannot be written or read: full disk, no permission ...
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{e.strerror or e}" + _os_hint(e), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -89,6 +89,7 @@ def load_config(model: str, dataset: str, config_file: str | None = None,
     check_types(cfg, user)
     cfg.update(user)
     check_ranges(cfg)
+    check_values(cfg)
     cfg["model"], cfg["dataset"] = model, dataset
     cfg["device"] = resolve_device(cfg.get("device"))
     return cfg
@@ -141,6 +142,60 @@ def check_ranges(cfg: dict) -> None:
         v = cfg.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and (v < lo or (hi is not None and v > hi)):
             raise UserError(f"{key}: must be {what}, got {v!r}")
+
+
+#: keys with a fixed set of values (checked where the resolved config has the key)
+CHOICES: dict[str, tuple] = {
+    "kg_loss_triples": ("ckg", "kg"),
+    "precision": ("fp32", "bf16"),
+    "encoder": ("clip", "minilm+efficientnet", "minilm", "efficientnet", "precomputed"),
+    "feature_fill": ("other_modality", "zeros"),
+    "fusion": ("bi", "t2v", "v2t", "self", "none"),
+    "item_id_embedding": (False, True, "fused", "channel"),
+}
+#: list keys whose elements must be whole numbers >= 1, or strings
+INT_LISTS = ("topk", "layers", "channels")
+STR_LISTS = ("modalities",)
+
+
+def check_values(cfg: dict) -> None:
+    """Keys with constrained values fail here, at start-up, with the key's name (not after an epoch): the split
+    ratios, the validation metric (one the evaluator computes, at a K it computes), and list elements."""
+    from .evaluation import METRICS
+    for key, allowed in CHOICES.items():
+        if key in cfg and cfg[key] is not None and cfg[key] not in allowed:
+            raise UserError(f"{key}: must be one of {', '.join(str(a).lower() for a in allowed)}, got {cfg[key]!r}")
+    ratio = cfg.get("split_ratio")
+    if ratio is not None:
+        if (not isinstance(ratio, list) or len(ratio) != 3
+                or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ratio)):
+            raise UserError(f"split_ratio: expected three numbers [train, valid, test] such as [0.8, 0.1, 0.1], "
+                            f"got {ratio!r}")
+        if any(r < 0 or r > 1 for r in ratio) or ratio[0] <= 0 or abs(sum(ratio) - 1) > 1e-6:
+            raise UserError(f"split_ratio: each ratio must be in [0, 1], train above 0, and they must sum to 1; "
+                            f"got {ratio!r} (sum {sum(ratio):g})")
+    for key in INT_LISTS:
+        v = cfg.get(key)
+        if isinstance(v, list) and not all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in v):
+            raise UserError(f"{key}: every element must be a whole number >= 1, got {v!r}")
+    for key in STR_LISTS:
+        v = cfg.get(key)
+        if isinstance(v, list) and not all(isinstance(x, str) and x for x in v):
+            raise UserError(f"{key}: every element must be a name such as image or text, got {v!r}")
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise UserError(f"{key}: {v!r} names a modality twice")
+    topk = cfg.get("topk")
+    if "topk" in cfg and (not isinstance(topk, list) or not topk):
+        raise UserError(f"topk: expected a non-empty list of cut-offs such as [10, 20, 50], got {topk!r}")
+    vm = cfg.get("valid_metric")
+    if vm is not None:
+        name, _, k = str(vm).partition("@")
+        if name not in METRICS or not k.isdigit():
+            raise UserError(f"valid_metric: expected <metric>@<K> with metric one of {', '.join(METRICS)}, "
+                            f"e.g. ndcg@20; got {vm!r}")
+        if isinstance(topk, list) and int(k) not in topk:
+            raise UserError(f"valid_metric: {vm!r} needs K = {k} among topk {topk} (the cut-offs the evaluator "
+                            f"computes); add it, e.g. --topk [{', '.join(map(str, sorted(set(topk) | {int(k)})))}]")
 
 
 def resolve_device(device) -> str:

@@ -166,10 +166,10 @@ def plot_report(rep: dict, path: str | Path) -> Path:
 
 
 def explain_run(run_dir: str | Path, user: str, out: str | Path | None = None, k: int = 10,
-                dataset=None, features=None) -> dict:
+                dataset=None, features=None, data_dir=None) -> dict:
     """:func:`explain` for ORIGINAL user id ``user`` of a run; writes to ``out``
-    (default ``<run_dir>/explain``)."""
-    model, dataset, _ = load_run(run_dir, dataset, features)
+    (default ``<run_dir>/explain``). The run answers from its own copy of its data."""
+    model, dataset, _ = load_run(run_dir, dataset, features, data_dir=data_dir)
     tokens = np.asarray(dataset.user_tokens).astype(str)
     hit = np.flatnonzero(tokens == str(user))
     if len(hit) == 0:

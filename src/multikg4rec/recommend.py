@@ -92,16 +92,18 @@ def rank_items(model, dataset, users: np.ndarray, k: int, exclude: str = "all", 
 
 
 def recommend(run_dir: str | Path, users: Iterable[str] | None = None, k: int = 10, exclude: str = "all",
-              labels: bool = True, dataset=None, features=None) -> pd.DataFrame:
+              labels: bool = True, dataset=None, features=None, data_dir=None) -> pd.DataFrame:
     """Top-k recommendations of a trained run for ORIGINAL user ids ``users`` (every user when None).
 
     Returns a DataFrame with one row per (user, rank): ``user``, ``rank`` (1-based), ``item`` (original id),
-    ``score`` and, where the dataset has item text and ``labels``, ``label`` (the item's title line).
+    ``score`` and, where the dataset has item text and ``labels``, ``label`` (the item's title line). The run
+    answers from its own copy of its data (:func:`rundir.load_run`); ``data_dir`` is read only for item titles
+    (and for runs made before runs kept their data).
     """
-    from .explain import load_run
-    if int(k) < 1:
-        raise UserError(f"k must be at least 1, got {k}")
-    model, dataset, cfg = load_run(run_dir, dataset, features)
+    from .rundir import load_run
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or int(k) < 1:
+        raise UserError(f"k must be a whole number of at least 1, got {k!r}")
+    model, dataset, cfg = load_run(run_dir, dataset, features, data_dir=data_dir)
     uid = _user_rows(dataset, users)
     items, scores = rank_items(model, dataset, uid, k, exclude)
     keep = items >= 0
@@ -110,7 +112,7 @@ def recommend(run_dir: str | Path, users: Iterable[str] | None = None, k: int = 
                         "item": np.asarray(dataset.item_tokens)[items[keep]].astype(str),
                         "score": scores[keep]})
     if labels:
-        lab = item_labels(dataset, cfg.get("data_dir"))
+        lab = item_labels(dataset, data_dir or cfg.get("data_dir"))
         if lab is not None:
             out["label"] = lab[items[keep]]
     return out

@@ -4,6 +4,10 @@ exports beside the trainer's checkpoints.
 A run directory ``<output_dir>/<dataset>/<model>/seed<S>-<hash>/`` holds::
 
     config.yaml          the resolved config (the run's identity: runs are found by it)
+    data.json            the data's fingerprint (``Dataset.fingerprint``) and sizes
+    dataset.npz          the dataset exactly as the model saw it: ordered tokens, splits, KG (so the run
+                         recommends and explains with no data folder, and a changed catalogue cannot shift ids)
+    features.npz         the aligned content features of a model that uses them (rows with content only)
     split/D.{train,valid,test}.inter   the split, ORIGINAL ids (RecBole benchmark_filename)
     split/D.kg, D.link   the KG as used (KG datasets only)
     log.jsonl            one line per epoch: loss, kg_loss, seconds, valid metrics
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import json
 import os
 import subprocess
 from dataclasses import dataclass
@@ -34,7 +39,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import config_hash, dump_config
+from .config import config_hash
 from .data.atomic import write_atomic
 from .errors import RunBusy, UserError
 
@@ -135,14 +140,159 @@ def wait_until_free(run_dir: Path) -> None:
         fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def prepare(run_dir: Path, cfg: dict, dataset, restart: bool) -> None:
-    """Make a locked run directory ready to train: a restart deletes its results, then the config
+def prepare(run_dir: Path, cfg: dict, dataset, restart: bool, features: dict | None = None) -> None:
+    """Make a locked run directory ready to train: a restart deletes its results; a run started on other
+    data is an error (resuming it would mix two datasets); then the config, the data (``save_run_data``)
     and the split (original ids) are written."""
     if restart:
-        for name in RESULT_FILES:
+        for name in RESULT_FILES + RUN_DATA_FILES:
             (run_dir / name).unlink(missing_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
+    else:
+        check_same_data(run_dir, dataset, "resume")
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+    save_run_data(run_dir, dataset, features)
     write_split(dataset, run_dir / "split")
+
+
+# --------------------------------------------------------------------------- the run's own data
+
+#: what ``save_run_data`` writes (a restart deletes them with the results)
+RUN_DATA_FILES = ("data.json", "dataset.npz", "features.npz")
+
+
+def save_run_data(run_dir: Path, dataset, features: dict | None = None) -> None:
+    """The data a run needs to answer on its own: its fingerprint (``data.json``), the dataset as the model saw
+    it (``dataset.npz``) and, for a model that uses content, its aligned features (``features.npz``)."""
+    info = {"dataset": dataset.name, "fingerprint": dataset.fingerprint(), "users": dataset.n_users,
+            "items": dataset.n_items, "entities": dataset.n_entities, "relations": dataset.n_relations}
+    dataset.save(run_dir / "dataset.npz", compressed=True)
+    if features:
+        arrays = {}
+        for m, (x, mask) in features.items():
+            x, mask = np.asarray(x, dtype=np.float32), np.asarray(mask, dtype=bool)
+            arrays[f"rows:{m}"], arrays[f"mask:{m}"] = x[mask], mask
+        tmp = run_dir / "features.tmp.npz"
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, run_dir / "features.npz")
+    atomic_write_text(run_dir / "data.json", json.dumps(info, indent=2))
+
+
+def _one_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def run_dataset(run_dir: Path):
+    """The dataset a run saved (``dataset.npz``); None for a run from before runs kept their data."""
+    from .data import Dataset
+    f = Path(run_dir) / "dataset.npz"
+    if not f.is_file():
+        return None
+    try:
+        return Dataset.load(f)
+    except Exception as e:                                # zip, npz, json or key errors: a damaged file
+        raise UserError(f"{f}: damaged ({_one_line(e)}); delete it to fall back to the data folder "
+                        f"(--data-dir), or retrain the run with --restart") from None
+
+
+def run_features(run_dir: Path) -> dict | None:
+    """The aligned features a run saved (``features.npz``): ``{m: (x (n_entities, d), mask)}``; None without."""
+    f = Path(run_dir) / "features.npz"
+    if not f.is_file():
+        return None
+    try:
+        z = np.load(f, allow_pickle=False)
+        out = {}
+        for key in z.files:
+            if key.startswith("mask:"):
+                m = key[5:]
+                mask, rows = z[key], z[f"rows:{m}"]
+                x = np.zeros((len(mask), rows.shape[1]), dtype=np.float32)
+                x[mask] = rows
+                out[m] = (x, mask)
+        return out
+    except Exception as e:
+        raise UserError(f"{f}: damaged ({_one_line(e)}); retrain the run with --restart") from None
+
+
+def stored_fingerprint(run_dir: Path) -> str | None:
+    f = Path(run_dir) / "data.json"
+    if not f.is_file():
+        return None
+    return read_json(f).get("fingerprint")
+
+
+def check_same_data(run_dir: Path, dataset, action: str) -> None:
+    """A one-line error when ``dataset`` is not the data the run in ``run_dir`` was made on."""
+    want = stored_fingerprint(run_dir)
+    if want is None or want == dataset.fingerprint():
+        return
+    old = run_dataset(run_dir)
+    change = dataset.describe_change(old) if old is not None else "its fingerprint differs"
+    raise UserError(f"{run_dir} was made on other data than {dataset.name!r} now holds ({change}); cannot {action} "
+                    + ("it: train with --restart to start over, or --output-dir for a new run" if action == "resume"
+                       else "with it: leave out --data-dir (the run keeps its own copy of its data)"))
+
+
+def _check_legacy_split(run_dir: Path, dataset) -> None:
+    """A run without its own data copy (made before runs kept one) is rebuilt from the data folder: its written
+    train split (original ids) must be the dataset's, or the rebuilt ids would name other items."""
+    from .data.atomic import read_atomic
+    f = Path(run_dir) / "split" / f"{dataset.name}.train.inter"
+    if not f.is_file():
+        return
+    df = read_atomic(f)
+    have = set(zip(dataset.user_tokens[dataset.train[:, 0]].astype(str), dataset.item_tokens[dataset.train[:, 1]].astype(str)))
+    if len(df) != len(have) or set(zip(df["user_id"], df["item_id"])) != have:
+        raise UserError(f"{run_dir} was trained on other data than the data folder now holds (its train split "
+                        f"{f} has {len(df)} pairs, the data gives {len(have)}, not the same ones): its ids would name "
+                        f"other items; point --data-dir at the data it was trained on, or retrain it")
+
+
+# --------------------------------------------------------------------------- reading run files
+
+def read_json(path: Path) -> dict:
+    try:
+        out = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: damaged, not JSON ({_one_line(e)}); restore it or retrain the run "
+                        f"with --restart") from None
+    if not isinstance(out, dict):
+        raise UserError(f"{path}: damaged, not a JSON object; restore it or retrain the run with --restart")
+    return out
+
+
+def read_config(run_dir: Path, keys: tuple[str, ...] = ("model", "dataset")) -> dict:
+    """A run directory's ``config.yaml`` (a mapping holding ``keys``); one-line errors for a missing or
+    damaged file."""
+    f = Path(run_dir) / "config.yaml"
+    if Path(run_dir).is_file():
+        raise UserError(f"{run_dir} is a file, not a run directory")
+    if not f.is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
+    try:
+        cfg = yaml.safe_load(f.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise UserError(f"{f}: damaged, not YAML ({_one_line(e)}); restore it or retrain the run") from None
+    if not isinstance(cfg, dict) or any(k not in cfg for k in keys):
+        raise UserError(f"{f}: damaged, not a run config (no {'/'.join(keys)} keys); restore it or retrain the run")
+    return cfg
+
+
+def load_state(path: Path) -> dict:
+    """A checkpoint (``best_model.pt`` / ``checkpoint.pt``): a dict with ``"model"``; one-line errors."""
+    import torch
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except Exception as e:                                # pickle, zip, EOF: truncated or random bytes
+        raise UserError(f"{path}: damaged, not a checkpoint ({_one_line(e)}); retrain the run with --restart "
+                        f"(a damaged checkpoint.pt can also just be deleted to resume from scratch)") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path}: not a checkpoint of this project (no model state); retrain with --restart")
+    return state
 
 
 # --------------------------------------------------------------------------- files
@@ -207,27 +357,43 @@ def git_commit(where: Path = Path(__file__).parent) -> str | None:
 
 # --------------------------------------------------------------------------- loading a run
 
-def load_run(run_dir: str | Path, dataset=None, features=None):
-    """Rebuild the model of a run directory (``config.yaml`` + ``best_model.pt`` or
-    ``checkpoint.pt``, state dict under ``"model"``). Returns ``(model, dataset, config)``.
-    ``dataset``/``features`` may be passed in; otherwise they are loaded as the trainer does."""
-    import torch
+def load_run(run_dir: str | Path, dataset=None, features=None, data_dir=None):
+    """Rebuild the model of a run directory (``config.yaml`` + ``best_model.pt`` or ``checkpoint.pt``).
+    Returns ``(model, dataset, config)``.
 
-    from .data import load_dataset
-    from .models import build_model
+    The dataset and features are the run's own copies (``dataset.npz``, ``features.npz``): no data folder is
+    read, and a catalogue changed since cannot shift its ids. A run from before runs kept them is rebuilt from
+    the data folder (``data_dir``, else the run's), checked against the split it wrote. A ``dataset`` passed in
+    must be the one the run was made on (its fingerprint), else a one-line error."""
+    from .models import build_model, get_model_class
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise UserError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    ckpt = next((p for p in (run_dir / "best_model.pt", run_dir / "checkpoint.pt") if p.is_file()), None)
+    cfg = read_config(run_dir)
+    # the best epoch's weights when the run has them (a damaged file is an error, never a silent fall-back to
+    # the last epoch's), else the last checkpoint of an unfinished run
+    ckpt = next((p for p in (run_dir / "best_model.pt", run_dir / "checkpoint.pt") if p.exists()), None)
     if ckpt is None:
         raise UserError(f"{run_dir} holds no best_model.pt or checkpoint.pt: train the run first")
-    if dataset is None:
-        dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    cls = get_model_class(cfg["model"])
+    if dataset is not None:
+        check_same_data(run_dir, dataset, "load the run")
+    else:
+        dataset = run_dataset(run_dir)
+    if dataset is None:                                   # a run from before runs kept their data
+        from .data import load_dataset
+        dataset = load_dataset(cfg["dataset"], cfg, data_dir=data_dir or cfg.get("data_dir"),
+                               cache_dir=cfg.get("cache_dir"))
+        _check_legacy_split(run_dir, dataset)
+    if features is None and cls.uses_features:
+        features = run_features(run_dir)
+    if features is None and cls.uses_features and cfg.get("features") != "random" and data_dir:
+        cfg = {**cfg, "data_dir": str(data_dir)}          # a legacy run's features come from the data folder
     model = build_model(cfg, dataset, features)
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"])
+    state = load_state(ckpt)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:                             # size mismatch: other data, or another code version
+        raise UserError(f"{ckpt} does not fit the model rebuilt from {run_dir} ({_one_line(e)[:160]}): the run was "
+                        f"trained on other data or code; retrain it with --restart") from None
     model.eval()
     return model, dataset, cfg

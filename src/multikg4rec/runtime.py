@@ -6,12 +6,10 @@ allocates and frees dozens of (n_nodes, d) tensors, each a few MB. glibc's mallo
 serves blocks above its mmap threshold with fresh ``mmap`` pages and returns freed
 heap tops to the system, so every step page-faults those tensors in again.
 :func:`tune_allocator` raises glibc's mmap and trim thresholds to 1 GiB with
-``mallopt`` so freed blocks are reused: on ml-100k, a KGAT CF step takes ~300
-instead of ~19,000 minor page faults and 0.85x the time, Multi-KG4Rec's 0.90x. It
-changes no number a run computes, only where its buffers live; peak RSS stays
-within 2% in that bench. It is a no-op where the C library is not glibc. The same
-for any process, RecBole included: ``MALLOC_MMAP_THRESHOLD_=1073741824
-MALLOC_TRIM_THRESHOLD_=1073741824``.
+``mallopt`` so freed blocks are reused: fewer page faults and a shorter step. It
+changes no number a run computes, only where its buffers live. It is a no-op where
+the C library is not glibc. The same for any process, RecBole included:
+``MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824``.
 """
 from __future__ import annotations
 
@@ -73,13 +71,10 @@ _pool_threads = torch.get_num_threads()
 def flush_denormal(on: bool) -> bool:
     """Treat denormal floats (|x| < 1.2e-38 in float32) as zero in CPU arithmetic (x86 FTZ/DAZ through
     ``torch.set_flush_denormal``), or stop. Arithmetic on denormals takes a slow path on x86 CPUs, and training
-    can fill a step with them (ConvNCF on ml-1m: steps grew up to 15.8x slower within 1,200 steps from random
-    embeddings, and Table 2's trainings from BPR-MF slowed ~10x in their third epoch;
-    ``bench/results/convncf_memory.md``). Like ``threads`` it is a process setting, not in the run hash: like
-    the thread count it moves results in their last bits only (it zeroes values below 1.2e-38; Table 2's
-    ConvNCF ml-1m seed 0: the same epoch-1 mean loss to the bit, epoch 2's 0.33975203237 against 0.33975203241
-    without it; the bench's losses agree to 6 decimals over 1,200 steps full of denormals). Returns whether the
-    CPU supports it. ``torch.set_flush_denormal`` sets it for the calling thread only; with ``threads`` > 1
+    can fill a step with them (ConvNCF; why: ``bench/results/convncf_memory.md``, docs/baselines.md). Like
+    ``threads`` it is a process setting, not in the run hash: like the thread count it moves results in their
+    last bits only (it zeroes values below 1.2e-38). Returns whether the CPU supports it.
+    ``torch.set_flush_denormal`` sets it for the calling thread only; with ``threads`` > 1
     it is also set on each thread of torch's OpenMP pool (:func:`_on_each_omp_thread`), which computes the
     other threads' shares of every op (without that, half of a 2-thread op stayed unflushed; tested)."""
     global _pool_threads

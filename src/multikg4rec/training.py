@@ -24,7 +24,7 @@ from .config import config_hash
 from .data import Dataset, load_dataset
 from .errors import Interrupted, UserError
 from .evaluation import Evaluator, format_metrics
-from .models import Recommender, build_model, get_model_class
+from .models import Recommender, build_model, get_model_class, model_features
 from .rundir import RunResult, atomic_save
 from .runtime import peak_rss_mb, reset_peak_rss, seed_everything
 from .sampling import BPRSampler, KGSampler
@@ -85,11 +85,7 @@ class Trainer:
     def load_checkpoint(self) -> bool:
         if not self.ckpt_path.is_file():
             return False
-        try:
-            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=False)
-        except Exception as e:
-            log.warning("checkpoint %s unreadable (%s): starting over", self.ckpt_path, e)
-            return False
+        state = rundir.load_state(self.ckpt_path)                    # damaged: a one-line error, nothing lost
         if state.get("config_hash") != config_hash(self.config):
             raise UserError(f"{self.ckpt_path} was written with a different config; use --restart to start over")
         self.model.load_state_dict(state["model"])
@@ -118,7 +114,8 @@ class Trainer:
     # ---- one epoch
     def _pass(self, sampler, loss_fn, desc: str) -> float:
         total, n = 0.0, 0
-        bar = tqdm(sampler, total=len(sampler), desc=desc, leave=False, disable=self.quiet, dynamic_ncols=True)
+        bar = tqdm(sampler, total=len(sampler), desc=desc, leave=False, disable=True if self.quiet else None,
+                   dynamic_ncols=True)   # None: no bar when stderr is not a terminal (a log file)
         for batch in bar:
             self.optimizer.zero_grad(set_to_none=True)
             with self.on_device():
@@ -236,7 +233,7 @@ class Trainer:
         the same numbers: ``tests/test_training.py`` re-evaluates to check); that spares one full-ranking pass. A best model saved before it carried them is
         re-evaluated."""
         best = self.run_dir / "best_model.pt"
-        best_state = torch.load(best, map_location="cpu", weights_only=False) if best.is_file() else {}
+        best_state = rundir.load_state(best) if best.is_file() else {}
         if best_state:
             self.model.load_state_dict(best_state["model"])
         valid_metrics = best_state.get("valid")
@@ -257,6 +254,7 @@ class Trainer:
                if self.device.type == "cuda" else {}),
             "n_params": int(sum(p.numel() for p in self.model.parameters())),
             "n_test_users": test.n_users, "config_hash": config_hash(self.config),
+            "data_fingerprint": ds.fingerprint(),
             "encoder": self.config.get("encoder") if self.model.uses_features else None,
             "commit": self.commits[-1], "commits": self.commits, "version": __version__, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
@@ -276,8 +274,10 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     """
     runtime.configure(cfg)                                          # threads, allocator
     run_dir = Path(run_dir) if run_dir else rundir.run_dir_for(cfg)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file; a run directory goes there (move the file, or pass --run-dir)")
     if rundir.is_finished(run_dir) and not restart:
-        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
+        return RunResult(run_dir, rundir.read_json(run_dir / "metrics.json"))
     for pre in get_model_class(cfg["model"]).prerequisites(cfg):
         if not quiet:
             tqdm.write(f"{cfg['model']} needs a finished {pre['model']} run first: training it")
@@ -288,12 +288,14 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     seed_everything(cfg["seed"])
     if dataset is None:
         dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    if features is None:
+        features = model_features(cfg, dataset)
     model = build_model(cfg, dataset, features)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = rundir.lock(run_dir)                                     # held until this process ends
     if rundir.is_finished(run_dir) and not restart:                 # finished by that process meanwhile
-        return RunResult(run_dir, json.loads((run_dir / "metrics.json").read_text()))
-    rundir.prepare(run_dir, cfg, dataset, restart)
+        return RunResult(run_dir, rundir.read_json(run_dir / "metrics.json"))
+    rundir.prepare(run_dir, cfg, dataset, restart, features)
     trainer = Trainer(model, dataset, cfg, run_dir, quiet=quiet)
     try:
         trainer.fit()

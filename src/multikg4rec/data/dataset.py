@@ -172,17 +172,49 @@ class Dataset:
             "relations": self.n_relations,
             "triples": len(self.kg),
             "items linked to KG": int(self.item_linked.sum()),
+            "items in a KG triple": int(np.isin(np.arange(self.n_items), self.kg[:, [0, 2]]).sum()) if self.has_kg else 0,
         }
 
+    def fingerprint(self) -> str:
+        """A digest of exactly what a model sees: the name, the ordered user, item, entity and relation
+        tokens (they fix every internal id), the three splits and the KG. Two datasets with the same
+        fingerprint give a model the same rows; one renamed, added or removed item changes it."""
+        h = hashlib.sha1(self.name.encode())
+        for k in ("user_tokens", "item_tokens", "entity_tokens", "relation_tokens"):
+            h.update(b"\x1e" + "\x1f".join(map(str, getattr(self, k))).encode())
+        for k in ("train", "valid", "test", "kg", "item_linked"):
+            a = np.ascontiguousarray(getattr(self, k))
+            h.update(f"\x1e{k}{a.shape}".encode() + a.tobytes())
+        return h.hexdigest()[:16]
+
+    def describe_change(self, other: "Dataset") -> str:
+        """What differs between this dataset and ``other`` (the one a run was trained on), in a few words."""
+        parts = []
+        for what, k in (("users", "user_tokens"), ("items", "item_tokens"), ("entities", "entity_tokens"),
+                        ("relations", "relation_tokens")):
+            a, b = getattr(other, k).astype(str), getattr(self, k).astype(str)
+            if len(a) == len(b) and (a == b).all():
+                continue
+            gone, new = np.setdiff1d(a, b), np.setdiff1d(b, a)
+            bits = [f"{len(a)} -> {len(b)}"] + ([f"{len(gone)} gone (e.g. {gone[0]!r})"] if len(gone) else []) \
+                + ([f"{len(new)} new (e.g. {new[0]!r})"] if len(new) else []) \
+                + (["same ids in another order"] if not len(gone) and not len(new) else [])
+            parts.append(f"{what}: " + ", ".join(bits))
+        for k in ("train", "valid", "test", "kg"):
+            if not np.array_equal(getattr(other, k), getattr(self, k)):
+                parts.append(f"{k}: {len(getattr(other, k))} -> {len(getattr(self, k))} rows")
+        return "; ".join(parts) or "the same rows"
+
     # ---- persistence
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, compressed: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
         os.close(fd)
         arrays = {k: getattr(self, k) for k in self.ARRAYS}
         for k in ("user_tokens", "item_tokens", "entity_tokens", "relation_tokens"):
             arrays[k] = arrays[k].astype(str)
-        np.savez(tmp, meta=np.array(json.dumps({"name": self.name, **self.meta})), **arrays)
+        (np.savez_compressed if compressed else np.savez)(
+            tmp, meta=np.array(json.dumps({"name": self.name, **self.meta})), **arrays)
         os.replace(tmp, path)
 
     @classmethod
@@ -202,7 +234,6 @@ def _warn(msg: str) -> None:
 def build_dataset(raw: RawDataset, cfg: dict) -> Dataset:
     """Apply docs/model.md §1 preprocessing to a raw dataset."""
     inter = raw.inter
-    src = raw.files[0] if raw.files else raw.name
     thr = cfg.get("rating_threshold")
     if thr is not None:
         if "rating" not in inter:
@@ -284,6 +315,15 @@ def build_dataset(raw: RawDataset, cfg: dict) -> Dataset:
         hops = cfg.get("kg_hops")
         if hops:
             kg, entity_tok = _prune_kg(kg, entity_tok, len(item_tok), int(hops))
+        n_linked = sum(e is not None for e in item_entity)
+        in_triple = np.unique(np.concatenate([kg[:, 0], kg[:, 2]]))
+        n_touched = int((in_triple < len(item_tok)).sum())
+        if len(kg) and n_touched == 0:
+            _warn(f"{raw.name}: none of the KG's {len(kg)} triples touches an item ({n_linked} of {len(item_tok)} "
+                  f"items are linked to an entity, none of those entities is in a triple): the KG cannot inform any "
+                  f"item; check that the .link file's entity ids are the .kg file's")
+        elif len(kg) and n_touched < n_linked:
+            _warn(f"{raw.name}: {n_linked - n_touched} of {n_linked} linked items appear in no KG triple")
     else:
         entity_tok = np.array([""] * len(item_tok), dtype=object)
         rel_tok = np.array([], dtype=object)

@@ -191,6 +191,12 @@ def read_raw(name: str, data_dir: str | Path | None = None) -> RawDataset:
             raw = BUILTIN_READERS[name](d)
         except FileNotFoundError as e:
             raise UserError(f"dataset {name!r} in {d} is incomplete: {e.filename} is missing (see its SOURCE.txt)") from None
+        except UnicodeDecodeError:                   # which file, which line: the first one that does not decode
+            from .atomic import utf8_error
+            bad = [f for f in sorted(d.rglob("*")) if f.is_file() and f.suffix in (".inter", ".kg", ".link", ".txt",
+                                                                                     ".tsv", ".dat")]
+            raise UserError(next((m for f in bad if (m := utf8_error(f))), f"{d}: a data file is not UTF-8 text")) \
+                from None
     else:
         raise UserError(
             f"{d} holds no {name}.inter: a dataset folder needs RecBole atomic files "

@@ -8,14 +8,11 @@ fresh checkout without the git-ignored ``runs/``. A job's run is found in it by 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
 from pathlib import Path
 
-import yaml
-
-from ..rundir import find_run, is_finished
+from ..rundir import find_run, is_finished, read_config, read_json
 from .jobs import METRICS, Job, table_job
 
 log = logging.getLogger(__name__)
@@ -49,7 +46,7 @@ def _differs(local: Path | None, kept: Path, kept_metrics: dict) -> str | None:
     disagree on test NDCG@20."""
     if local is None or local == kept or not is_finished(local):
         return None
-    a = json.loads((local / "metrics.json").read_text())["test"].get("ndcg@20")
+    a = read_json(local / "metrics.json")["test"].get("ndcg@20")
     b = kept_metrics["test"].get("ndcg@20")
     if a == b:
         return None
@@ -66,7 +63,7 @@ def archive_runs(rows: list[dict], archive: Path) -> None:
         src = Path(r["run_dir"])
         if src.resolve().is_relative_to(Path(archive).resolve()):
             continue
-        kept = archived(yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")), archive)
+        kept = archived(read_config(src), archive)
         dst = kept or Path(archive).joinpath(*src.parts[-3:])
         if not is_finished(dst):
             dst.mkdir(parents=True, exist_ok=True)
@@ -83,7 +80,7 @@ def collect(jobs: list[Job], common: dict, archive: Path | None = None) -> list[
         cfg = job.config(common)
         rd = finished_dir(cfg, archive)
         if rd is not None:
-            metrics = json.loads((rd / "metrics.json").read_text())
+            metrics = read_json(rd / "metrics.json")
             if warning := _differs(find_run(cfg), rd, metrics):
                 log.warning(warning)
             rows.append({"job": job, "run_dir": rd, "metrics": metrics})
@@ -110,7 +107,7 @@ def earlier_rows(csv_path: Path, rows: list[dict]) -> tuple[list[dict], list[str
                 gone.append(f"{r['label']}/{r['dataset']}/seed {r['seed']} ({rd})")
                 continue
             kept.append({"job": table_job(r["label"], r["model"], r["dataset"], int(r["seed"])), "run_dir": rd,
-                         "metrics": json.loads((rd / "metrics.json").read_text())})
+                         "metrics": read_json(rd / "metrics.json")})
     if gone:
         log.warning("%s: dropped %d earlier row(s) whose run directory is missing: %s",
                     csv_path, len(gone), "; ".join(gone))

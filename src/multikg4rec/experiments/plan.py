@@ -1,12 +1,11 @@
 """``reproduce --plan``: what a sweep still has to do, with the minutes each run should take."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..rundir import run_dir_for
+from ..rundir import read_json, run_dir_for
 from .archive import finished_dir
 from .jobs import Job
 from .scheduler import log_entries
@@ -26,7 +25,7 @@ def plan(jobs: list[Job], common: dict, archive: Path | None = None, n_workers: 
         done = finished_dir(cfg, archive)
         key = (job.model, job.label, job.dataset)
         if done is not None:
-            m = json.loads((done / "metrics.json").read_text())
+            m = read_json(done / "metrics.json")
             if m.get("train_seconds_total"):
                 spent.setdefault(key, []).append((float(m["train_seconds_total"]), int(m["epochs_run"])))
             states.append((job, rd, "finished", None))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .. import rundir
 from ..errors import Interrupted, RunBusy, UserError
+from ..rundir import read_json
 from .archive import finished_dir
 from .jobs import Job
 
@@ -58,13 +59,13 @@ def run_jobs(jobs: list[Job], common: dict, quiet_runs: bool = True, status_file
         rows.append({"job": job, "run_dir": res.run_dir, "metrics": res.metrics})
 
     busy: list[tuple[Job, dict, Path]] = []
-    bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True, disable=worker is not None)
+    bar = tqdm(jobs, desc="sweep", unit="run", dynamic_ncols=True, disable=True if worker is not None else None)
     for job in bar:
         cfg = job.config(common)
         rd = rundir.run_dir_for(cfg)
         done = finished_dir(cfg, archive)
         if done is not None:                              # finished here or archived from another machine: read
-            rows.append({"job": job, "run_dir": done, "metrics": json.loads((done / "metrics.json").read_text())})
+            rows.append({"job": job, "run_dir": done, "metrics": read_json(done / "metrics.json")})
             continue
         bar.set_postfix_str(f"{job.label} {job.dataset} seed {job.seed}")
         report([job.label, job.dataset, job.seed, str(rd)])
@@ -220,6 +221,3 @@ def _run_progress(run_dir: Path, since: float | None) -> str:
     if since:
         text += f", {(time.time() - since) / 60:.0f} min"
     return f" ({text})"
-
-
-__all__ = ["Job", "table_jobs", "plan", "run_jobs", "collect", "summarize", "reproduce", "paired_test", "config_hash"]

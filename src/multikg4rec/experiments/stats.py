@@ -1,13 +1,13 @@
 """Paired significance tests between runs: per-user test NDCG@20, pairs = (seed, user)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
 from ..fingerprint import file_digest
+from ..rundir import read_config, read_json
 
 
 def _per_user(run_dir: Path, key: str = "ndcg_at_20") -> tuple[np.ndarray, np.ndarray]:
@@ -59,16 +59,14 @@ def compare_runs(a_dirs: list[Path], b_dirs: list[Path], metric: str = "ndcg@20"
     test NDCG@20 over the (seed, user) pairs present in both (``paired_test``)."""
     from types import SimpleNamespace
 
-    import yaml
-
     def rows(dirs):
         out = []
         for d in map(Path, dirs):
             if not (d / "metrics.json").is_file() or not (d / "per_user_test.npz").is_file():
                 raise UserError(f"{d} is not a finished run (no metrics.json / per_user_test.npz)")
-            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg = read_config(d, keys=("seed",))
             out.append({"job": SimpleNamespace(seed=int(cfg["seed"])), "run_dir": d, "split": _split_identity(d, cfg),
-                        "test": json.loads((d / "metrics.json").read_text())["test"][metric]})
+                        "test": read_json(d / "metrics.json")["test"][metric]})
         return out
     ra, rb = rows(a_dirs), rows(b_dirs)
     a_by_seed = {r["job"].seed: r for r in ra}

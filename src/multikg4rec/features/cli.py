@@ -29,6 +29,9 @@ def features_build_cmd(args: argparse.Namespace) -> int:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.encoder is None:                    # the encoder a training run on this dataset would use
+        from ..config import load_config
+        args.encoder = load_config("multikg4rec", args.dataset)["encoder"]
     opts = {"clip_path": args.clip_path, "device": args.device, "image_norm": args.image_norm,
             "normalize": not args.no_normalize}
     if args.encoder == "precomputed":
@@ -75,8 +78,9 @@ def add_features_parser(subparsers) -> argparse.ArgumentParser:
                        description="Encode every entity's text and image (or read precomputed matrices) "
                                    "into the cache; a second run reuses it at once, an interrupted one resumes.")
     b.add_argument("--dataset", required=True, help="dataset folder name under --data-dir (ml-1m, ml-100k, ...)")
-    b.add_argument("--encoder", default="clip", choices=ENCODERS,
-                   help="clip (paper; needs local CLIP weights), minilm+efficientnet (offline), precomputed")
+    b.add_argument("--encoder", default=None, choices=ENCODERS,
+                   help="clip (paper; needs local CLIP weights), minilm+efficientnet (offline), precomputed; "
+                        "default: the one training uses on this dataset (config key encoder)")
     b.add_argument("--data-dir", default=None, help="datasets root (default $MULTIKG4REC_DATA or ./data)")
     b.add_argument("--cache-dir", default=None, help="cache root (default $MULTIKG4REC_CACHE or ~/.cache/multikg4rec)")
     b.add_argument("--clip-path", default=None,
@@ -112,7 +116,8 @@ def add_features_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    """Stand-alone entry (``python -m multikg4rec.features.cli build ...``) until the main CLI wires it."""
+    """Stand-alone entry (``python -m multikg4rec.features.cli build ...``); ``multikg4rec features`` registers
+    the same parser (:func:`add_features_parser`)."""
     import logging
     import sys
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")

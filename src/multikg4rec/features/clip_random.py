@@ -1,8 +1,8 @@
 """Randomly initialised CLIP checkpoints, built offline: for tests, benchmarks and smoke runs of the
 ``clip`` encoder where no real CLIP weights exist. Embeddings from them carry NO meaning.
 
-    save_random_clip("/tmp/tiny-clip")                   # tiny: a few hundred kB
-    make_encoder("clip", clip_path="/tmp/tiny-clip")     # the same loader as for real weights
+    save_random_clip("tiny-clip/")                       # tiny: a few hundred kB
+    make_encoder("clip", clip_path="tiny-clip/")         # the same loader as for real weights
 """
 from __future__ import annotations
 

@@ -44,19 +44,30 @@ def get_model_class(name: str) -> type[Recommender]:
     raise UserError(f"module {module.__name__} defines no Recommender named {key!r}")
 
 
-def build_model(cfg: dict, dataset, features=None) -> Recommender:
-    """The model of ``cfg`` on ``dataset``: its features loaded from the feature store when the model
-    uses them and none are given (``features: random`` builds random ones inside the model)."""
+def model_features(cfg: dict, dataset):
+    """The content features the model of ``cfg`` is built with, from the feature store: ``{m: (x, mask)}``;
+    None for a model without features (or ``features: random``, built inside the model). Checks first that
+    the dataset has what the model needs."""
     cls = get_model_class(cfg["model"])
     if cls.requires_kg and not dataset.has_kg:
         raise UserError(f"model {cfg['model']!r} needs a knowledge graph; dataset {dataset.name!r} has none")
-    if cls.uses_features and features is None and cfg.get("features") != "random":
-        from ..features import load_model_features
-        features = load_model_features(dataset, cfg)
+    if not cls.uses_features or cfg.get("features") == "random":
+        return None
+    from ..features import load_model_features
+    return load_model_features(dataset, cfg)
+
+
+def build_model(cfg: dict, dataset, features=None) -> Recommender:
+    """The model of ``cfg`` on ``dataset``; its features loaded (:func:`model_features`) when it uses them
+    and none are given."""
+    cls = get_model_class(cfg["model"])
+    if features is None:
+        features = model_features(cfg, dataset)
     try:
         return cls(dataset, cfg, features=features) if cls.uses_features else cls(dataset, cfg)
     except ValueError as e:        # the layers check their arguments: from a config, that is bad input
         raise UserError(f"{cfg['model']}: {e}") from None
 
 
-__all__ = ["Recommender", "KnowledgeRecommender", "available_models", "build_model", "get_model_class"]
+__all__ = ["Recommender", "KnowledgeRecommender", "available_models", "build_model", "get_model_class",
+           "model_features"]

@@ -160,8 +160,8 @@ class KnowledgeRecommender(Recommender):
         raise NotImplementedError(f"{type(self).__name__} has no KG loss")
 
     def kg_train_triples(self) -> tuple[np.ndarray, int]:
-        """``kg_loss_triples: ckg`` (default): every CKG triple with its inverse, the user-item
-        ``interact`` edges included, as the KGAT release trains TransR; ``kg``: the KG's triples and
+        """``kg_loss_triples: ckg`` (also when the key is unset): every CKG triple with its inverse, the
+        user-item ``interact`` edges included, as the KGAT release trains TransR; ``kg``: the KG's triples and
         their inverses only (corrupted tails among the entities), as RecBole's KGAT with
         ``kg_reverse_r`` (how ``bench/recbole`` runs it): on ml-1m 41,564 instead of 1,652,450
         triples per KG pass."""

@@ -21,6 +21,9 @@ NOT implemented: the paper's textual (stacked denoising auto-encoder) and visual
 (stacked convolutional auto-encoder) knowledge; the structural part is what the KG
 baselines of the Multi-KG4Rec paper compare with.
 
+Defaults (``configs/model/cke.yaml``) follow the other KG baselines here (KGAT's
+setup): 64-d, lr 1e-3, lambda 1e-5 for CF and KG, KG batch 2048.
+
 Training: alternating, as the trainer runs every model with a KG loss (one CF
 pass, then one KG pass over ``kg_train_triples()`` per epoch). The paper optimises
 the joint objective with SGD over sampled (u, i, j) and (h, r, t, t') tuples; the

@@ -19,27 +19,25 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
   ``W_l`` of shape (4 C_in, C_out) holds the conv kernel ``K[o, c, dr, dc]`` at
   ``W_l[(2 dr + dc) C_in + c, o]``; tests check it against ``F.conv2d``.
 * fp32 training computes layers 1-2 in ``_FirstTwoLayers``: the step's two largest tensors, the first
-  layer's activation e^(1) and its gradient (134 MB each for a batch of 512 on d = 64), live in buffers
-  reused by every step (``_Workspace``) instead of being allocated afresh; the same products as autograd's,
-  so the same gradients bit for bit. On ml-1m (150 steps): peak RSS 889 instead of 992-1,088 MB at 0.99x the
-  step time (``bench/results/convncf_memory.md``). ``ConvNCF.TRAIN_WORKSPACE = False`` restores plain
-  autograd.
+  layer's activation e^(1) and its gradient (N d^2 / 4 x c_1 floats each), live in buffers reused by every
+  step (``_Workspace``) instead of being allocated afresh; the same products as autograd's, so the same
+  gradients bit for bit (why: ``bench/results/convncf_memory.md``). ``ConvNCF.TRAIN_WORKSPACE = False``
+  restores plain autograd.
 * ``flush_denormal: true`` in ``convncf.yaml`` (``multikg4rec.runtime.flush_denormal``): training fills
   steps with denormal floats (products of two tiny embedding entries, vanishing gradients), which x86 CPUs
-  compute on a slow path: from random embeddings on ml-1m, steps 701-900 took 15.8x as long without it.
+  compute on a slow path (why: ``bench/results/convncf_memory.md``).
 * ``ConvNCF.TRAIN_BLOCK`` (class attribute, default None: off): training computes layers
   1-2 in blocks of that many first-layer floats and recomputes layer 1 in the backward
-  pass: the same gradients without ever holding the whole first-layer activation; on
-  ml-1m about the workspace's peak (881-993 vs 889 MB over 150 steps) at 1.05x the step
-  time, so it is opt-in (e.g. ``1 << 23``).
+  pass: the same gradients without ever holding the whole first-layer activation, at
+  one more first-layer product per step; opt-in (e.g. ``1 << 23``; the workspace's
+  peak is about as low, bench/results/convncf_memory.md).
 * ``precision: bf16`` (default ``fp32``): mixed-precision TRAINING. In training mode the CNN's matrix
   products run under ``torch.autocast`` in bfloat16 (bfloat16 inputs, fp32 accumulation, activations stored
   in bfloat16); the parameters (and Adam's state), the interaction map E, the prediction layer y = w^T g + b
-  and the loss stay fp32. Evaluation (``model.eval()``) always scores in fp32: on the development CPU (AMX) a
-  bfloat16 full ranking was no faster (its first layer, a K = 4 product, is bound by memory, not arithmetic)
-  and its scores differ from fp32's by up to a fifth of their spread, changing ~7% of the top-20 slots. Measured
-  (``bench/results/convncf_precision.md``): ml-1m training steps 0.77x the fp32 time with a lower peak memory,
-  and on ml-100k the same test NDCG@20 as fp32 (3 seeds, paired). ``TRAIN_BLOCK`` applies to fp32 only.
+  and the loss stay fp32. Evaluation (``model.eval()``) always scores in fp32: a bfloat16 full ranking is
+  no faster (its first layer, a K = 4 product, is bound by memory, not arithmetic) and its scores move
+  the top-20 lists (why, and bf16 training's time, memory and accuracy:
+  ``bench/results/convncf_precision.md``). ``TRAIN_BLOCK`` applies to fp32 only.
 * Embeddings are initialised from BPR-MF, as the paper: ``pretrain_path`` names a
   BPR-MF run directory (its ``best_model.pt``) or the file itself; the sizes must
   match. ``auto`` (the default) takes the BPR-MF run of the same dataset, data
@@ -135,7 +133,7 @@ def _relu_grad_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 class _Workspace:
-    """Buffers that outlive a training step: e^(1) and its gradient (134 MB each for a batch of 512 on d = 64),
+    """Buffers that outlive a training step: e^(1) and its gradient (N d^2 / 4 x c_1 floats each),
     allocated once and reused by every step (a smaller last batch uses a prefix), so a step allocates no
     first-layer-sized tensor. ``token`` counts forward passes: a backward pass whose forward was not the last
     one (its e^(1) overwritten since) raises instead of computing wrong gradients."""
@@ -156,7 +154,7 @@ class _Workspace:
 class _FirstTwoLayers(torch.autograd.Function):
     """conv_2(e^(1)) + b_2 with e^(1) = ReLU(conv_1(E) + b_1), both as matrix products over patches, with
     autograd's gradients (ReLU' = [e^(1) > 0]) but control over the step's largest tensors, e^(1) and its
-    gradient (N d^2 / 4 x c_1 floats each, 134 MB for a batch of 512 on d = 64), in one of two ways:
+    gradient (N d^2 / 4 x c_1 floats each), in one of two ways:
 
     * ``ws`` (a :class:`_Workspace`, the default in fp32 training): whole layers, e^(1) and its gradient
       written into buffers kept across steps (``out=``, ReLU's gradient in place) instead of allocated afresh
@@ -334,8 +332,8 @@ class ConvNCF(Recommender):
         """(len(users), n_items): every (user, item) pair through the CNN, in chunks of pairs."""
         p, q = self.user_emb(users), self.item_emb.weight
         # each factor of E = p (x) q in patch layout, once per call: a chunk then multiplies whole rows
-        # instead of gathering 2 d^2 scattered entries per pair (ml-1m: 1.26x faster for n_items x d^2
-        # more floats, 61 MB; bench/results/convncf_eval.md)
+        # instead of gathering 2 d^2 scattered entries per pair, for n_items x d^2 more floats
+        # (why: bench/results/convncf_eval.md)
         pr = p[:, self.patch_rows].view(len(users), -1, 4)
         qc = q[:, self.patch_cols].view(self.n_items, -1, 4)
         n_pairs = len(users) * self.n_items

@@ -14,20 +14,26 @@ Recommendation", KDD 2019. Equations as numbered in the paper (and docs/model.md
     L = L_KG + L_CF + lambda ||Theta||^2                               (Eq. 15)
 
 Training as the KGAT release: per epoch one CF pass (BPR over the propagated
-embeddings), one KG pass (TransR on the whole CKG with inverses, the default
-``kg_train_triples``), then the attention is recomputed with the current
-embeddings and TransR parameters (``on_epoch_end``) and held fixed for the next
-epoch; the CF loss does not differentiate through the attention (as the release,
-which feeds it as a constant). Before the first update the attention is uniform
-over each head's triples (the release's random-walk-normalised adjacency).
+embeddings), one KG pass (``kg_loss_triples``: ``ckg``, TransR on the whole CKG
+with inverses, as the release | ``kg``, the KG's triples and inverses only, as
+RecBole's KGAT), then the attention is recomputed with the current embeddings and
+TransR parameters (``on_epoch_end``) and held fixed for the next epoch; the CF
+loss does not differentiate through the attention (as the release, which feeds it
+as a constant). Before the first update the attention is uniform over each head's
+triples (the release's random-walk-normalised adjacency).
 
 Nodes: one embedding table over the CKG (``Dataset.ckg()`` ids: entities then
 users); item ``i`` is entity ``i``.
 
-Cost (bench/results/propagation.md): every CF step propagates over the whole CKG
-(ml-1m: 1.65M edges, ~0.47 s forward+backward on one busy core with the CSR SpMM of
-``nn.SparseAdjacency``), independent of the batch size; hence the ml-1m config's
-CF batch of 8192 (99 steps, ~78 s per epoch including the KG pass).
+Choices (configs/model/kgat.yaml): the paper's 64-d embeddings, layers 64/32/16,
+message dropout 0.1, lambda 1e-5 (CF and KG), CF batch 1024, KG batch 2048;
+``aggregator`` bi-interaction (Eq. 8) | gcn (Eq. 6) | graphsage (Eq. 7);
+``attention: false`` keeps uniform 1/|N_h| weights (the paper's "w/o Att").
+``learning_rate`` 1e-3 (the paper: 1e-4 at batch 1024), the lowest value of the
+Multi-KG4Rec paper's grid (docs/model.md §6), since the ml-1m batch is 8x larger
+(8x fewer Adam steps per epoch). Every CF step propagates over the whole CKG
+whatever the batch size, so the ml-1m config takes CF batch 8192 and KG batch 16384
+(why: bench/results/propagation.md).
 """
 from __future__ import annotations
 

@@ -28,9 +28,8 @@ Choices (the paper and the authors' release, hwwang55/KGCN, where they differ):
 * ``scaling``: ``paper`` takes ``g(u, r)`` as the inner product and
   ``v^u_{S(v)}`` as the softmax-weighted sum (the equations above); ``release``
   follows the authors' code: ``g`` is the MEAN over dimensions (inner product / d,
-  a softer softmax) and the weighted neighbours are averaged (sum / K). Measured
-  against RecBole's KGCN (which follows the release) on ml-100k, seed 0:
-  bench/results/recbole_ml-100k.md.
+  a softer softmax) and the weighted neighbours are averaged (sum / K). Compared
+  with RecBole's KGCN (which follows the release): bench/results/recbole_ml-100k.md.
 * Loss ``loss_type``: ``bce`` (default, the paper: cross-entropy on the observed
   pair and one sampled negative, i.e. the trainer's BPR batch read as two labelled
   pairs) or ``bpr`` (the trainer's pairwise -ln sigma(y_ui - y_uj)).
@@ -39,7 +38,10 @@ Choices (the paper and the authors' release, hwwang55/KGCN, where they differ):
   with the paper's lambda = 1e-7 the difference is immaterial).
 * No dropout (the release's default keep-probability is 1).
 * Defaults (``configs/model/kgcn.yaml``): the paper's MovieLens-20M setting
-  (K = 4, H = 2, d = 32, lambda = 1e-7, aggregator sum).
+  (K = 4, H = 2, d = 32, lambda = 1e-7, aggregator sum), except the learning rate
+  and batch: the paper's lr 2e-2 at batch 65,536 would be a few Adam steps per
+  epoch on our data, so the batch is the protocol's 2048 and lr 5e-3 comes from
+  the Multi-KG4Rec search grid (docs/model.md §6).
 
 Full ranking (``full_sort_predict``) is user-dependent at every node of every
 item's tree, so it is computed per batch of users over the DEDUPLICATED node
@@ -257,8 +259,8 @@ class KGCN(Recommender):
         step = max(1, self.EVAL_BLOCK // per_user)
         first = self._first_iteration_terms(levels)
         # written block by block into one preallocated matrix: keeping each block's small result alive
-        # between the blocks' large temporaries fragments the heap so glibc cannot reuse it (ml-1m, all
-        # users: RSS rose by 2.8 GB with torch.cat of the blocks, 0.1 GB so; bench/results/kgcn_eval.md)
+        # between the blocks' large temporaries fragments the heap so glibc cannot reuse it
+        # (why: bench/results/kgcn_eval.md)
         out = torch.empty(len(users), self.n_items, dtype=first[1].dtype, device=first[1].device)
         for s in range(0, len(users), step):
             out[s:s + step] = self._score_all_items(users[s:s + step], levels, first)

@@ -61,6 +61,8 @@ Choices (the paper is silent or loose on these):
   tails are drawn among MKG nodes.
 * L2: ``reg_weight`` on the batch's layer-0 user/item embeddings, ``kg_reg_weight``
   on the TransE batch embeddings (KGAT's lambda = 1e-5 for both).
+* Batches: CF 1024, KG 2048 (KGAT's); on ml-1m 8192 / 16384, as KGAT's ml-1m
+  config, since every CF step propagates over the whole CKG whatever its size.
 
 Features: ``MKGAT(dataset, config, features)`` with ``features[m] = (x, mask)``,
 x (n_entities, d_m) float and mask (n_entities,) bool (the feature store's
@@ -118,8 +120,8 @@ class _AttentionSpMM(torch.autograd.Function):
 
     Forward and the C-gradient are the CSR SpMMs of :class:`~multikg4rec.nn.SparseAdjacency`;
     the value gradient ``dP_e = <dOut[h_e], C[t_e]>`` is one sampled dense-dense product
-    (``torch.sparse.sampled_addmm``, an SDDMM over P's pattern), ~5x faster on CPU than
-    gathering the two (E, d) row sets (candidate to move into ``layers``)."""
+    (``torch.sparse.sampled_addmm``, an SDDMM over P's pattern) instead of a gather of the
+    two (E, d) row sets (why: bench/results/propagation.md)."""
 
     @staticmethod
     def forward(ctx, values, C, adj: SparseAdjacency):

@@ -1,80 +1,39 @@
 """Multi-KG4Rec: multimodal fusion framework based on a knowledge graph.
 
-Wang, Xie, Zhang, Qin, Tao, Wang, Xu, "Multimodal fusion framework based on
-knowledge graph for personalized recommendation", ESWA 268 (2025) 126308.
-The equations follow /work/shared/SPEC.md (SPEC below), which restores them;
-the modules are in the paper's order:
+Wang, Xie, Zhang, Qin, Tao, Wang, Xu, "Multimodal fusion framework based on knowledge graph for
+personalized recommendation", ESWA 268 (2025) 126308. The full statement, with the equation numbers used
+here, is docs/model.md. d = ``embedding_size``, N = ``seq_len``, L = len(``layers``), m a modality.
 
-    §2 Embedding   e^m = LeakyReLU(W_m x^m + b_m), m in the configured modalities;
-                   a learned ID embedding where a node has no content of m;
-                   users: mean of their TRAIN items' raw features (projected) + ID;
-                   TransR per modality: g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2,
-                   L_KG = sum -ln sigma( g(h, r, t') - g(h, r, t) )
-    §3 Fusion      S_i = BFS over the CKG from item i (N nodes); per head j
-                   head_v^j = softmax( Q_v^j [K_v^j ; K_t^j]^T / sqrt(d_k) ) [V_v^j ; V_t^j]
-                   (and symmetrically for t); 3 blocks of LN(x + MHA), LN(x + FFN);
-                   the item's own output row z_i^m replaces its row of table m
-    §4 Propagation per modality on the CKG: pi(h, r, t) = (W_r e_t)^T tanh(W_r e_h + e_r),
-                   softmax over the triples of h; Bi-Interaction; 3 layers 64/32/16
-    §5 Prediction  e_u* = ||_m ( e_u^{m(0)} || ... || e_u^{m(L)} ); y(u, i) = e_u*^T e_i*
-    §6 Loss        L_CF = sum -ln sigma( y(u, i) - y(u, j) ) + lambda ||Theta||^2;
-                   L_KG in a separate pass (the trainer alternates, as KGAT)
+    §2 e^m_n = LeakyReLU(W_m x^m_n + b_m), x^m_n: (d_m,) -> (d,); a user u: x^m_u = the mean of its
+       TRAIN items' x^m, plus ID^m[u]; a node without content: ID^m[n]; table E^m: (n_nodes, d)       (2)-(3)
+       g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2 on E^m; L_KG = -ln σ(g(h, r, t') - g(h, r, t))    (4)-(5)
+    §3 V, T = E^v[S_i], E^t[S_i]: (N, d), S_i a BFS walk over the CKG from item i                     (6)
+       head_v^j = softmax(Q_v^j [K_v^j ; K_t^j]^T / sqrt(d_k)) [V_v^j ; V_t^j], same for t            (7)-(9)
+       3 blocks LN(x + MHA), LN(x + FFN); z_i^m = output row 0 replaces row i of E^m: H^m_0           (10)-(11)
+    §4 π(h, r, t) = (W_r e_t)^T tanh(W_r e_h + e_r), softmax over N_h; Bi-Interaction layers          (12)-(14)
+    §5 e^{m*} = e^(0) || ê^(1) || ... || ê^(L): (d + sum(layers),); y(u, i) = Σ_m e_u^{m*T} e_i^{m*}  (16)-(17)
+    §6 L_CF = -ln σ(y(u, i) - y(u, j)) + λ ||H_0[u, i, j]||^2 / 2, alternating with L_KG              (18)-(19)
 
-How modal features reach the model: the model never reads files. The trainer /
-CLI builds ``features = {modality: (x (n_entities, d_m) float, mask (n_entities,)
-bool)}`` from the feature store (``multikg4rec.features.align_features``, which
-also applies docs/model.md §2's "other modality" fill for aligned encoders) and calls
-``MultiKG4Rec(dataset, config, features=features)``. With ``features=None`` the
-model accepts only ``config["features"] == "random"`` (tests, smoke runs): random
-L2-normalised features of ``random_feature_dim`` with 10% of rows missing.
+Choices (config key: values, default first; docs/model.md, Options):
 
-Ablations (configuration only, see configs/model/multikg4rec.yaml):
+* ``modalities``: [image, text] | [text] (w/o v) | [image] (w/o t) | [] (w/o t&v: one ID table, KGAT-like).
+* ``fusion``: bi | t2v | v2t (Table 4) | self (no cross-modal attention) | none (items keep E^m rows in (11)).
+* ``item_id_embedding``: false (ID rows only without content, and users: (3)) | true (every item's projected
+  row + ID^m[i], before the fusion) | fused (H^m_0[i] = z_i^m + ID^m[i]) | channel (a third, ID-only table
+  with its own TransR, attention and propagation, joined in (17)).
+* ``kg_loss_triples``: kg (the KG's triples + inverses, t' among entities) | ckg (every CKG triple, t'
+  among all nodes, as KGAT's release).
+* ``fusion_output_gain``: null (1/sqrt(d)) | a float: initial gain of the last LayerNorm, so fused rows
+  start at the scale of the ID / projected rows beside them (why: bench/results/attention.md).
+* ``fusion_items``: 256 | k | null: per CF step at most k of the batch's items are fused with gradients, the
+  others' z come from a cache refreshed for the fused items each step and for all at each epoch end; null
+  fuses all with gradients (why: bench/results/kg_epoch.md). Evaluation, the attention update and
+  ``explain`` always fuse every item exactly.
 
-* ``modalities: [image, text]`` (full), ``[text]`` (w/o v), ``[image]`` (w/o t),
-  ``[]`` (w/o t&v: no modal features, one ID-embedding table, KGAT-like);
-* ``fusion: bi | t2v | v2t`` (Table 4), ``self`` (transformers without cross-modal
-  attention), ``none`` (fusion module off: items keep their projected features);
-* ``fusion_blocks``, ``fusion_heads``, ``seq_len``, ``layers``, ``aggregator``.
-
-Scale of the fused rows (choice, ``fusion_output_gain``): a LayerNorm output has unit
-variance per element, so the fused item rows have norm ~sqrt(d) = 8 while the ID and
-projected rows they sit beside in the CKG have norm ~0.3-1. Fed to the knowledge-aware
-attention as they are, users' softmax collapses onto one item (ml-100k, 6 epochs: mean
-max weight 0.64-0.72, uniform would be 0.03; bench/results/attention.md). The last
-LayerNorm's gain therefore starts at 1/sqrt(d) (learned afterwards): 0.11-0.19.
-
-Item ID embeddings (choice, ``item_id_embedding``, default off = docs/model.md §2): items with
-content are represented by their content only; ``true`` adds a learned ID row to
-them before the fusion, as users have; ``fused`` adds it to the item's fused row
-(layer 0 of the propagation: z_i^m + ID_i^m), so each item has KGAT's free
-parameters beside its content; ``channel`` keeps the modal tables as docs/model.md §2 has them
-and adds a third, ID-only table (every node a learned row, KGAT's layer 0) with its own
-TransR, attention and propagation, concatenated in the prediction like a modality
-(e* = e^{v*} || e^{t*} || e^{id*}, so y = sum of the three channels' inner products:
-VBPR's and MMGCN's ID-beside-content design). Measured on ml-1m (seed 0, docs/results.md):
-default 0.2544, channel 0.2570, fused 0.2643 test NDCG@20, KGAT 0.2821; the channel run
-early-stops (epoch 49) long before an ID table reaches KGAT's best (epoch 95).
-Why item ID rows matter: a linear projection of 384-d text features cannot give
-1,574 items arbitrary 64-d rows, and every step moves all items' rows at once through
-the shared W_m (ml-100k: the default's training loss stalls near 0.2 and valid NDCG@20
-swings ~0.008 per epoch, where KGAT's loss falls to 0.13 and its valid swings 0.002;
-results/diagnosis/README.md).
-
-Cost (choice, ``fusion_items``): one CF step propagates once per modality over the
-whole CKG and needs the fused feature of every item. Fusing all items with
-gradients every step (``fusion_items: null``) is exact but costs ~1.3 ms per item
-on one CPU core (~5 s per step on ml-1m's 3706 items, against ~0.3 s for KGAT's
-whole step). With ``fusion_items: k`` (default 256) each step fuses, with
-gradients, at most k of the batch's positive/negative items; every other item row
-comes from a cache of fused features (historical embeddings) refreshed for the
-fused items at each step and for all items at each epoch end. Evaluation, the
-attention update and the case study always fuse every item exactly. Measured on
-ml-1m (2 idle threads, 2026-12-03, bench/results/kg_epoch.md): an epoch costs 2.08-2.09x KGAT's with
-``kg_loss_triples: kg`` (the default: TransR on the KG's entity triples, docs/model.md §2) and 2.79-2.83x with ``ckg``
-(TransR over the whole CKG, as KGAT's release; the recipe of the paper tables' runs) on an Intel Xeon, 2.22-2.67x
-and 2.54-3.18x on an AMD EPYC. Two modalities are two propagations over the CKG; with the fusion switched off
-(``fusion: none``) the ``kg`` epoch is 1.40-1.74x KGAT's (AMD), so the Bi-Transformer over ``fusion_items``
-items per step is what keeps the model above 2x.
+Features: the model reads no files. The trainer builds ``{m: (x (n_entities, d_m) float, mask
+(n_entities,) bool)}`` with ``multikg4rec.features.align_features`` (which applies docs/model.md §2.2's
+other-modality fill) and calls ``MultiKG4Rec(dataset, config, features=...)``; ``features=None`` needs
+``config["features"] == "random"`` (random L2-normalised rows of ``random_feature_dim``, 10% missing).
 """
 from __future__ import annotations
 
@@ -93,7 +52,7 @@ from .base import KnowledgeRecommender
 
 log = logging.getLogger(__name__)
 
-#: LeakyReLU slope of the modal projection (docs/model.md §2; same slope as the aggregators)
+#: LeakyReLU slope of the modal projection (docs/model.md (2); same slope as the aggregators)
 NEGATIVE_SLOPE = 0.2
 #: items per chunk when fusing without gradients (bounds memory)
 FUSE_CHUNK = 1024
@@ -155,7 +114,7 @@ class MultiKG4Rec(KnowledgeRecommender):
         for m in self.modalities:
             x, mask = features[m]
             self._register_content(m, x, mask, dataset)
-            self.proj[m] = nn.Linear(x.shape[1], d)                          # W_m, b_m
+            self.proj[m] = nn.Linear(x.shape[1], d)                          # W_m, b_m of Equation (2)
             nn.init.xavier_uniform_(self.proj[m].weight)
             nn.init.zeros_(self.proj[m].bias)
         self.id_emb = nn.ModuleDict({t: nn.Embedding(self.n_nodes, d) for t in self.tables})
@@ -168,7 +127,7 @@ class MultiKG4Rec(KnowledgeRecommender):
         self.use_fusion = bool(self.modalities) and fusion != "none"
         if self.use_fusion:
             gain = config.get("fusion_output_gain")
-            gain = d ** -0.5 if gain is None else float(gain)                # see configs/model/multikg4rec.yaml
+            gain = d ** -0.5 if gain is None else float(gain)                # docs/model.md §3.3
             self.fusion = BiTransformer(self.modalities, d, int(config["fusion_heads"]), int(config["fusion_blocks"]),
                                         fusion, int(config["fusion_ffn_dim"]), float(config["fusion_dropout"]), gain)
             seq, seq_mask = bfs_sequences(ckg, np.arange(self.n_items), int(config["seq_len"]),
@@ -243,7 +202,7 @@ class MultiKG4Rec(KnowledgeRecommender):
                  mask.shape[0], int(mu.sum()), self.n_users)
 
     def _embed(self, m: str, x: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(self.proj[m](x), NEGATIVE_SLOPE)                  # e^m = LeakyReLU(W_m x^m + b_m)
+        return F.leaky_relu(self.proj[m](x), NEGATIVE_SLOPE)                  # Equation (2)
 
     def pre_tables(self, tables: list[str] | None = None) -> dict[str, torch.Tensor]:
         """The 64-d table of every modality before fusion: dict t -> (n_nodes, d)."""
@@ -255,7 +214,7 @@ class MultiKG4Rec(KnowledgeRecommender):
             tab = self.id_emb[t].weight * getattr(self, f"idw_{t}")            # ID rows (no content / users)
             mean = getattr(self, f"user_mean_{t}")
             pre_e = self.proj[t](getattr(self, f"raw_{t}")[: mean.shape[1]])   # W_m x + b_m, entities
-            pre = torch.cat([pre_e, mean.matmul(pre_e)])                       # users: mean of their items'
+            pre = torch.cat([pre_e, mean.matmul(pre_e)])                       # users: Equation (3)
             out[t] = tab.index_add(0, getattr(self, f"cidx_{t}"), F.leaky_relu(pre, NEGATIVE_SLOPE))
         return out
 
@@ -280,23 +239,23 @@ class MultiKG4Rec(KnowledgeRecommender):
         return self.node_rows(t, nodes)
 
     def calculate_kg_loss(self, batch):
-        """TransR on each modality's 64-d table (docs/model.md §2), summed over modalities:
+        """TransR on each modality's 64-d table (docs/model.md (4)-(5)), summed over modalities:
         g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2, L_KG = -ln sigma( g(h, r, t') - g(h, r, t) )."""
         hrt = torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1)       # (B, 3)
         loss = 0.0
         for t in self.tables:
             rows = self.table_rows(t, hrt.view(-1)).view(*hrt.shape, -1)         # [e_h, e_t, e_t'] (B, 3, d)
-            loss = loss + self.transr[t].triple_loss(rows, batch["relations"], self.kg_reg_weight)
+            loss = loss + self.transr[t].triple_loss(rows, batch["relations"], self.kg_reg_weight)  # Equation (5)
         return loss
 
     # ------------------------------------------------------------------ §3 fusion module
     def fuse(self, pre: dict[str, torch.Tensor], items: torch.Tensor | None = None,
              need_weights: bool = False):
-        """Fused item features z_i^m over the BFS sequences S_i (docs/model.md §3).
+        """Fused item features z_i^m over the BFS sequences S_i (docs/model.md (6)-(11)).
         pre: pre-fusion tables; items: (k,) item ids (all by default) -> dict m -> (k, d)."""
         seq = self.seq if items is None else self.seq[items]
         mask = self.seq_mask if items is None else self.seq_mask[items]
-        x = {m: pre[m][seq] for m in self.modalities}                         # V, T: (k, N, d)
+        x = {m: pre[m][seq] for m in self.modalities}                         # Equation (6): V, T (k, N, d)
         return self.fusion(x, mask, need_weights=need_weights)
 
     @torch.no_grad()
@@ -329,7 +288,7 @@ class MultiKG4Rec(KnowledgeRecommender):
         return out
 
     def layer0(self, pre, fused) -> dict[str, torch.Tensor]:
-        """Propagation input (docs/model.md §4): item rows replaced by their fused features."""
+        """Propagation input H^m_0 (docs/model.md (11)): item rows replaced by their fused features."""
         if not self.use_fusion:
             return pre
         if self.item_id_fused:                                                # z_i^m + ID_i^m (choice, see above)
@@ -339,7 +298,7 @@ class MultiKG4Rec(KnowledgeRecommender):
     # ------------------------------------------------------------------ §4 propagation
     @torch.no_grad()
     def update_attention(self) -> None:
-        """Recompute pi(h, r, t) and its per-head softmax per table (docs/model.md §4) from the
+        """Recompute pi(h, r, t) and its per-head softmax per table (docs/model.md (12)-(13)) from the
         current layer-0 tables (fused item rows) and TransR parameters."""
         l0 = self.exact_layer0()
         super().update_attention({t: (l0[t], self.transr[t]) for t in self.tables})
@@ -371,14 +330,14 @@ class MultiKG4Rec(KnowledgeRecommender):
         return getattr(self, "_diag", {})
 
     def _final(self, items: torch.Tensor | None = None):
-        """e* of every item and user (docs/model.md §5): (n_items + n_users, D), items first, with
+        """e* of every item and user (docs/model.md (16)-(17)): (n_items + n_users, D), items first, with
         D = len(tables) * (d + sum(layers)); and the layer-0 tables (for the L2 term)."""
         pre = self.pre_tables()
         fused = self._fused_items(pre, items) if self.use_fusion else None
         l0 = self.layer0(pre, fused)
-        outs = [e for t in self.tables                                         # e^(0), ..., e^(L) per table
+        outs = [e for t in self.tables                                         # Equations (13)-(16) per table
                 for e in self.propagation[t](l0[t], self.adjacency(t), rows=self.ui_rows, return_layers=True)]
-        return torch.cat(outs, dim=1), l0                     # e* = e^{v*} || e^{t*}, e^{m*} = e^{m(0)} || ... || e^{m(L)}
+        return torch.cat(outs, dim=1), l0                                     # Equation (17): e* = e^{v*} || e^{t*}
 
     def propagate(self, items: torch.Tensor | None = None):
         """Final embeddings (docs/model.md §5): users (n_users, D), items (n_items, D); and the layer-0 tables."""
@@ -388,8 +347,8 @@ class MultiKG4Rec(KnowledgeRecommender):
     # ------------------------------------------------------------------ §5-§6 prediction and loss
     def calculate_loss(self, batch):
         out, l0 = self._final(torch.cat([batch["pos_items"], batch["neg_items"]]))
-        bpr, reg = self.propagated_bpr(out, batch, [l0[t] for t in self.tables])  # L_CF, y(u, i) = e_u*^T e_i*
-        return bpr + self.reg_weight * reg                                    # + lambda ||Theta||^2 (batch)
+        bpr, reg = self.propagated_bpr(out, batch, [l0[t] for t in self.tables])  # Equations (17)-(18)
+        return bpr + self.reg_weight * reg                                    # Equation (18): + lambda ||H_0||^2
 
     def prepare_eval(self) -> None:
         with torch.no_grad():
@@ -400,4 +359,4 @@ class MultiKG4Rec(KnowledgeRecommender):
         if self._eval_cache is None:
             self.prepare_eval()
         u, i = self._eval_cache
-        return u[users] @ i.T                                                 # y(u, i) = e_u*^T e_i*
+        return u[users] @ i.T                                                 # Equation (17)

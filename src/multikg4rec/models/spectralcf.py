@@ -26,17 +26,16 @@ Choices:
   ``adj``: RecBole 1.2.1's operator, I + D^-1/2 A D^-1/2 (its "laplacian" is the
   normalised adjacency; use with ``self_loops: false``). I + L has eigenvalues in
   [1, 3] and weighs a node against its neighbours' mean (high-pass); RecBole's in
-  [0, 2] smooths over neighbours (low-pass, as LightGCN). On ml-100k, seeds 0-2,
-  RecBole's split: ``rw`` 0.2509, ``adj`` 0.2574, RecBole 0.2575 test NDCG@20
-  (bench/recbole/README.md). The default stays the paper's.
+  [0, 2] smooths over neighbours (low-pass, as LightGCN). The default is the
+  paper's; the two against RecBole: docs/results.md (Table 2, ml-100k).
 * ``self_loops: true`` (the release): A includes the identity, A <- I + A, before
   D and L are formed.
 * Defaults from the release's ``params.py`` (ml-1m): K = 3 layers, d = C = F = 16,
   lambda = 1e-3 on the batch's final embeddings (sum of squares / 2, divided by the
   batch size, as the release), batch 1024. The release optimises with RMSProp at
-  lr 1e-3; with the trainer's Adam that rate stalls on a plateau (see the YAML), so
-  the default is 5e-3 from docs/model.md §6's grid. Xavier init (docs/model.md §6; the release draws
-  N(0.01, 0.02)).
+  lr 1e-3; with the trainer's Adam that rate stalls on a plateau (why:
+  docs/results.md), so the default is 5e-3 from docs/model.md §6's grid. Xavier
+  init (docs/model.md §6; the release draws N(0.01, 0.02)).
 """
 from __future__ import annotations
 

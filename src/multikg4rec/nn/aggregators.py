@@ -46,7 +46,7 @@ class MessageDropout(nn.Module):
 
 
 class Aggregator(nn.Module):
-    """One propagation layer (KGAT Eq. 6-8; docs/model.md §4), the variant chosen by ``kind``:
+    """One propagation layer (KGAT Eq. 6-8; docs/model.md (14)-(15)), the variant chosen by ``kind``:
 
     * ``"bi-interaction"``: ``LeakyReLU(W1 (e_h + e_Nh)) + LeakyReLU(W2 (e_h * e_Nh))``
     * ``"gcn"``: ``LeakyReLU(W (e_h + e_Nh))``
@@ -87,7 +87,7 @@ class Aggregator(nn.Module):
 
 
 class KGPropagation(nn.Module):
-    """L propagation layers over an adjacency (docs/model.md §4-5; KGAT Eq. 9-11):
+    """L propagation layers over an adjacency (docs/model.md (13)-(16); KGAT Eq. 9-11):
 
     ``e^(l+1) = Aggregator_l(e^(l), A e^(l))``, message dropout inside each layer;
     the output is ``e^(0) || norm(e^(1)) || ... || norm(e^(L))`` with ``norm`` the row

@@ -12,7 +12,7 @@ __all__ = ["KnowledgeAwareAttention"]
 
 
 class KnowledgeAwareAttention(nn.Module):
-    """Knowledge-aware attention over a fixed set of triples (docs/model.md §4; KGAT Eq. 4-5).
+    """Knowledge-aware attention over a fixed set of triples (docs/model.md (12)-(13); KGAT Eq. 4-5).
 
     ``pi(h, r, t) = (W_r e_t)^T tanh( W_r e_h + e_r )``, normalised by a softmax over
     the triples of each head h; the result is the attention adjacency ``A`` (rows =

@@ -5,16 +5,16 @@ Two parts:
 * :func:`bfs_sequences` builds, for every item, the node sequence S_i: a
   breadth-first walk over the collaborative KG from the item (the item first,
   then its 1-hop users and attributes, then 2-hop nodes, ...), cut or padded to
-  N nodes. Nodes at the same hop distance are sampled uniformly with a seeded
-  generator. The walk runs over all items at once with sparse-matrix frontier
-  expansion (scipy), never node by node.
+  N nodes (docs/model.md §3.1). Nodes at the same hop distance are sampled
+  uniformly with a seeded generator. The walk runs over all items at once with
+  sparse-matrix frontier expansion (scipy), never node by node.
 * :class:`BiTransformer` fuses the per-modality rows of those sequences with
   cross-modal multi-head attention: each modality's queries attend over the
   keys and values of its own modality AND of the other modality, concatenated
-  along the sequence axis (docs/model.md §3, the equations for head_v^j and head_t^j).
-  The output row of the item itself (position 0) is its fused feature.
+  along the sequence axis (docs/model.md (7)-(10)). The output row of the item
+  itself (position 0) is its fused feature z_i^m (docs/model.md (11)).
 
-Modes of the cross-modal attention (docs/model.md §3 "Ablations"):
+Modes of the cross-modal attention (``mode``; Multi-KG4Rec's ``fusion`` key, docs/model.md Options):
 
 ====== =============================================================
 ``bi``   every modality attends over all modalities (the full model)
@@ -26,7 +26,8 @@ Modes of the cross-modal attention (docs/model.md §3 "Ablations"):
          independent transformers); alias ``self``
 ====== =============================================================
 
-With a single modality, every mode reduces to self-attention.
+With a single modality, every mode reduces to self-attention. (Multi-KG4Rec's
+``fusion: none`` builds no Bi-Transformer at all; ``fusion: self`` is the row above.)
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def _isin_sorted(q: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
 
 def bfs_sequences(graph, items, n: int = 16, seed: int = 0, n_nodes: int | None = None,
                   max_hops: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """BFS node sequences S_i over the CKG for every start node in ``items`` (docs/model.md §3).
+    """BFS node sequences S_i over the CKG for every start node in ``items`` (docs/model.md §3.1).
 
     Row s of the result is: ``items[s]``, then nodes at hop distance 1 from it, then
     hop 2, ..., cut at ``n`` nodes. When a hop holds more nodes than the free slots,
@@ -199,12 +200,12 @@ def attention_sources(modalities: list[str], mode: str) -> dict[str, list[str]]:
 
 
 class CrossModalAttention(nn.Module):
-    """Per-modality multi-head attention whose keys/values may span several modalities (docs/model.md §3).
+    """Per-modality multi-head attention whose keys/values may span several modalities (docs/model.md (7)-(9)).
 
     For query modality a with key sources {a, b}:
     ``head_a^j = softmax( Q_a^j [K_a^j ; K_b^j]^T / sqrt(d_k) ) [V_a^j ; V_b^j]``,
     ``MHA_a = Concat(head_a^1..H) W_O^a``, padded keys masked out. Projections have no
-    bias, as written in docs/model.md §3; ``w_kv[m]`` holds ``[W_K^m | W_V^m]`` in one matrix
+    bias, as written in docs/model.md (7); ``w_kv[m]`` holds ``[W_K^m | W_V^m]`` in one matrix
     (all heads side by side: head j uses columns ``j*d_k:(j+1)*d_k`` of each).
     """
 
@@ -234,9 +235,9 @@ class CrossModalAttention(nn.Module):
         ``weights`` (dict m -> (B, H, n_queries, N * len(sources[m])), the key blocks
         in the order of ``self.sources[m]``), else None.
         """
-        kv = {m: self.w_kv[m](x[m]) for m in self.modalities}                      # X_m [W_K^m | W_V^m]
+        kv = {m: self.w_kv[m](x[m]) for m in self.modalities}                      # Equation (7): X_m [W_K^m | W_V^m]
         q = {m: self._split(self.w_q[m](x[m] if n_queries is None else x[m][:, :n_queries]))
-             for m in self.modalities}                                                # Q_m^j = X_m W_Q^{m,j}
+             for m in self.modalities}                                                # Equation (7): Q_m^j
         groups: dict[tuple, list[str]] = {}       # query modalities that share one key set (all of them in "bi")
         for m in self.modalities:
             groups.setdefault(tuple(self.sources[m]), []).append(m)
@@ -252,30 +253,28 @@ class CrossModalAttention(nn.Module):
                     scores = q[m] @ keys.transpose(-1, -2) / math.sqrt(self.dk)
                     if key_mask is not None:
                         scores = scores.masked_fill(~key_mask, float("-inf"))
-                    weights[m] = torch.softmax(scores, dim=-1)                       # softmax(Q [K;K']^T / sqrt(d_k))
-                    heads[m] = weights[m] @ vals                                       # head_m^j
-            else:   # same result with the fused kernel, the group's queries stacked into one call
+                    weights[m] = torch.softmax(scores, dim=-1)                       # Equation (8)
+                    heads[m] = weights[m] @ vals                                       # Equation (8): head_m^j
+            else:   # Equation (8) with the fused kernel, the group's queries stacked into one call
                 h = F.scaled_dot_product_attention(torch.cat([q[m] for m in queries], dim=2), keys, vals,
                                                    attn_mask=key_mask)
                 heads.update(zip(queries, h.split([q[m].shape[2] for m in queries], dim=2)))
         out = {}
         for m in self.modalities:
             B, H, L, dk = heads[m].shape
-            out[m] = self.w_o[m](heads[m].transpose(1, 2).reshape(B, L, H * dk))     # Concat(heads) W_O^m
+            out[m] = self.w_o[m](heads[m].transpose(1, 2).reshape(B, L, H * dk))     # Equation (9)
         return out, weights
 
 
 class BiTransformerBlock(nn.Module):
-    """One block (docs/model.md §3): ``x = LN(x + MHA(x)); x = LN(x + FFN(x))``, per modality,
+    """One block (docs/model.md (10)): ``x = LN(x + MHA(x)); x = LN(x + FFN(x))``, per modality,
     ``FFN(x) = W_2 ReLU(W_1 x + b_1) + b_2``.
 
     ``dropout`` acts on the two residual branches (MHA and FFN outputs), not on the
     attention probabilities: that keeps the fused attention kernel, whose CPU
     version falls back to a much slower path when asked for attention dropout. It is
     :class:`~multikg4rec.nn.MessageDropout` (inverted dropout, 16 random bits per
-    element: 0.72 vs 1.86 ms fwd+bwd for a (256, 16, 64) tensor against ``nn.Dropout`` on 2
-    threads, 8 calls per step, ~4% of a Multi-KG4Rec CF step on ml-1m;
-    ``python bench/studies/bench_fusion_kernels.py --threads 2``, bench/results/kg_epoch.md).
+    element; why: bench/results/kg_epoch.md).
     """
 
     def __init__(self, modalities: list[str], d: int = 64, heads: int = 8, mode: str = "bi",
@@ -298,13 +297,13 @@ class BiTransformerBlock(nn.Module):
         out = {}
         for m in self.modalities:
             res = x[m] if n_queries is None else x[m][:, :n_queries]
-            h = self.norm1[m](res + self.dropout(att[m]))                            # x = LN(x + MHA(x))
-            out[m] = self.norm2[m](h + self.dropout(self.ffn[m](h)))                  # x = LN(x + FFN(x))
+            h = self.norm1[m](res + self.dropout(att[m]))                            # Equation (10): LN(x + MHA(x))
+            out[m] = self.norm2[m](h + self.dropout(self.ffn[m](h)))                  # Equation (10): LN(x + FFN(x))
         return out, weights
 
 
 class BiTransformer(nn.Module):
-    """The Bi-Transformer of docs/model.md §3: ``blocks`` stacked :class:`BiTransformerBlock`.
+    """The Bi-Transformer of docs/model.md §3 ((7)-(11)): ``blocks`` stacked :class:`BiTransformerBlock`.
 
     >>> bt = BiTransformer(["image", "text"], d=64, heads=8, blocks=3, mode="bi")
     >>> fused = bt({"image": V, "text": T}, mask)        # dict m -> (B, d): the item rows
@@ -315,7 +314,7 @@ class BiTransformer(nn.Module):
         output_gain: initial gain of the LAST LayerNorm (learned afterwards). A LayerNorm
             output has unit variance per element, i.e. a row norm of about sqrt(d); 1.0
             keeps that, ``1 / sqrt(d)`` starts the fused rows at norm ~1, the scale of
-            the ID / projected rows they join in the CKG.
+            the ID / projected rows they join in the CKG (docs/model.md §3.3).
     """
 
     def __init__(self, modalities: list[str], d: int = 64, heads: int = 8, blocks: int = 3,
@@ -346,7 +345,7 @@ class BiTransformer(nn.Module):
             x, w = block(x, mask, None if (all_rows or not last) else 1, need_weights)
             if need_weights:
                 weights.append(w)
-        out = x if all_rows else {m: t[:, 0] for m, t in x.items()}
+        out = x if all_rows else {m: t[:, 0] for m, t in x.items()}                # Equation (11): z_i^m
         return (out, weights) if need_weights else out
 
     @torch.no_grad()

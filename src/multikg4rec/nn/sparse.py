@@ -19,8 +19,8 @@ __all__ = ["SparseAdjacency", "propagate", "normalized_bipartite_adjacency"]
 def _index32(*index: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """CSR index tensors as int32 where they fit: torch's CPU SpMM (MKL) converts int64
     indices to int32 copies at every call (ml-1m's CKG: 1.65M column ids, twice per
-    propagation layer); given int32 it uses them as they are, with the same result.
-    One SpMM on ml-1m's CKG: 0.87x (2 threads), 0.83x (1 thread); bench/results/propagation.md."""
+    propagation layer); given int32 it uses them as they are, with the same result
+    (why: bench/results/propagation.md)."""
     if all(t.numel() == 0 or int(t.max()) < 2 ** 31 - 1 for t in index):
         return tuple(t.to(torch.int32) for t in index)
     return index
@@ -231,7 +231,7 @@ class _SpMM(torch.autograd.Function):
 
 
 def propagate(adj: SparseAdjacency, x: torch.Tensor) -> torch.Tensor:
-    """Neighbourhood aggregation ``e_{N_h} = sum_t A[h, t] e_t`` (docs/model.md §4).
+    """Neighbourhood aggregation ``e_{N_h} = sum_t A[h, t] e_t`` (docs/model.md (13)).
     adj: (N, N); x: (N, d) -> (N, d)."""
     return adj.matmul(x)
 

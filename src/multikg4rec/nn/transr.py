@@ -1,5 +1,5 @@
 """TransR (Lin et al., AAAI 2015): relation embeddings, projections, the plausibility
-score and the pairwise KG loss (docs/model.md §2, equations (3)-(4); KGAT Eq. 1-2)."""
+score and the pairwise KG loss (docs/model.md §2.3, equations (4)-(5); KGAT Eq. 1-2)."""
 from __future__ import annotations
 
 import torch
@@ -19,7 +19,7 @@ class TransR(nn.Module):
     embeddings are passed in, the caller owns them. Projection uses row vectors:
     ``W_r e`` of docs/model.md §2 is ``e @ W[r]`` here.
 
-    ``g(h, r, t) = || W_r e_h + e_r - W_r e_t ||_2^2`` (docs/model.md §2; KGAT Eq. 1);
+    ``g(h, r, t) = || W_r e_h + e_r - W_r e_t ||_2^2`` (docs/model.md (4); KGAT Eq. 1);
     lower is more plausible.
     """
 
@@ -39,7 +39,7 @@ class TransR(nn.Module):
         """``W_r e`` for k rows per relation: x (B, k, entity_dim), r (B,) int64 -> (B, k, relation_dim).
 
         Rows are grouped by relation and each group is one (k B_r, d_e) @ (d_e, d_r) matmul:
-        no (B, d_e, d_r) gather of ``W`` (268 MB at B = 16384), and a deterministic
+        no (B, d_e, d_r) gather of ``W``, and a deterministic
         backward (``bmm`` over gathered matrices accumulates its gradient in a
         thread-dependent order on CPU). When ``r`` is already sorted (``KGSampler``'s
         batches are) the groups are slices of ``x``; otherwise ``x`` is permuted into
@@ -51,7 +51,7 @@ class TransR(nn.Module):
             x, r = x.index_select(0, order), r.index_select(0, order)
         rels, counts = torch.unique_consecutive(r, return_counts=True)
         # unbind: ONE (R, d_e, d_r) gradient buffer in the backward; indexing W[k] per group would zero-fill
-        # a full (R, d_e, d_r) tensor per group (~140 per KGAT KG step on ml-100k; bench/results/kgat_step.md)
+        # a full (R, d_e, d_r) tensor per group (why: bench/results/kgat_step.md)
         w = self.W.unbind(0)
         parts = [chunk @ w[rel] for chunk, rel in zip(x.reshape(b * k, -1).split((counts * k).tolist()),
                                                         rels.tolist())]
@@ -71,17 +71,17 @@ class TransR(nn.Module):
     def score(self, h_emb: torch.Tensor, r: torch.Tensor, t_emb: torch.Tensor) -> torch.Tensor:
         """``g(h, r, t)``. h_emb, t_emb: (B, entity_dim); r: (B,) int64 -> (B,)."""
         ph, pt = self.project(h_emb, r, t_emb)
-        return (ph + self.relation_emb.index_select(0, r) - pt).pow(2).sum(-1)          # docs/model.md §2, g(h, r, t)
+        return (ph + self.relation_emb.index_select(0, r) - pt).pow(2).sum(-1)          # docs/model.md (4)
 
     def loss(self, h_emb: torch.Tensor, r: torch.Tensor, pos_t_emb: torch.Tensor, neg_t_emb: torch.Tensor,
              reg_weight: float = 0.0) -> torch.Tensor:
-        """Pairwise TransR loss (docs/model.md §2; KGAT Eq. 2), averaged over the batch:
+        """Pairwise TransR loss (docs/model.md (5); KGAT Eq. 2), averaged over the batch:
 
         ``mean -ln sigma( g(h, r, t') - g(h, r, t) )
         + reg_weight * (||W_r e_h||^2 + ||e_r||^2 + ||W_r e_t||^2 + ||W_r e_t'||^2) / (2 B)``
 
-        (SPEC writes a sum; the mean only rescales the learning rate and keeps the
-        loss independent of the batch size.)
+        (docs/model.md (5) takes the batch mean where the paper sums: that only rescales the
+        learning rate and keeps the loss independent of the batch size.)
         h_emb, pos_t_emb, neg_t_emb: (B, entity_dim); r: (B,) -> scalar.
         """
         return self.triple_loss(torch.stack((h_emb, pos_t_emb, neg_t_emb), 1), r, reg_weight)
@@ -93,8 +93,8 @@ class TransR(nn.Module):
         er = self.relation_emb.index_select(0, r)
         p = self.project_rows(rows, r)                                  # [W_r e_h, W_r e_t, W_r e_t']
         ph, pt = p.split([1, 2], 1)             # split, not slices: its backward is one cat, no zero-filled buffers
-        g = ((ph + er.unsqueeze(1)) - pt).pow(2).sum(-1)                # docs/model.md §2: g(h, r, t), g(h, r, t')
-        loss = -F.logsigmoid(g[:, 1] - g[:, 0]).mean()                  # docs/model.md §2, L_KG
+        g = ((ph + er.unsqueeze(1)) - pt).pow(2).sum(-1)                # docs/model.md (4): g(h, r, t), g(h, r, t')
+        loss = -F.logsigmoid(g[:, 1] - g[:, 0]).mean()                  # docs/model.md (5), L_KG
         if reg_weight:
             loss = loss + reg_weight * (sum_of_squares(p) + sum_of_squares(er)) / (2 * rows.shape[0])
         return loss
