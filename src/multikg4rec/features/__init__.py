@@ -6,8 +6,9 @@ dataset entity ids (docs/model.md §2).
 """
 from .align import FILLS, align_features, load_model_features, real_content_masks, user_mean_features
 from .content import ENTITY, ITEM, EntityContent, collect_content, content_coverage
-from .encoders import ENCODERS, PRECOMPUTED_PRESETS, BadInput, Encoder, PrecomputedEncoder, make_encoder
-from .store import FeatureStore, build_features, build_precomputed, build_store, default_cache_dir, list_stores
+from .encoders import ENCODERS, BadInput, Encoder, make_encoder
+from .precomputed import PRECOMPUTED_PRESETS, PrecomputedEncoder, build_precomputed
+from .store import FeatureStore, build_features, build_store, default_cache_dir, list_stores
 
 __all__ = [
     "ENCODERS", "ENTITY", "FILLS", "ITEM", "PRECOMPUTED_PRESETS", "BadInput", "Encoder", "EntityContent",

@@ -496,7 +496,7 @@ def content_coverage(dataset_name: str, data_dir, dataset) -> dict:
         "entities with text": sum(ent_has(t, content.text) for t in ent_tok[n_items:]),
         "entities with image": sum(ent_has(t, content.image) for t in ent_tok[n_items:]),
     }
-    from .encoders import PRECOMPUTED_PRESETS, precomputed_row_ids
+    from .precomputed import PRECOMPUTED_PRESETS, precomputed_row_ids
     if dataset_name in PRECOMPUTED_PRESETS:
         try:
             preset = PRECOMPUTED_PRESETS[dataset_name]

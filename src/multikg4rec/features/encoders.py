@@ -16,8 +16,8 @@ Select by name (``make_encoder``):
   ``minilm`` and ``efficientnet`` also work alone; ``+`` composes parts.
 * ``precomputed`` -- user-supplied matrices (MMRec's ``image_feat.npy`` /
   ``text_feat.npy`` convention: row ``i`` = the i-th id of an id file), any
-  modality names. ``PRECOMPUTED_PRESETS`` holds built-in ones
-  (``lastfm-2k``: MiniLM text + Whisper or VGGish audio).
+  modality names (:mod:`.precomputed`; its ``PRECOMPUTED_PRESETS`` holds built-in ones
+  (``lastfm-2k``: MiniLM text + Whisper or VGGish audio)).
 
 An encoder never reads files itself for its inputs: the store hands it
 prepared inputs (``prepare`` may raise ``BadInput`` for one entity) in batches.
@@ -434,7 +434,7 @@ def _parts_for(name: str, opts: dict) -> tuple[list[Part], bool]:
 ENCODERS = ("clip", "minilm+efficientnet", "minilm", "efficientnet", "precomputed")
 
 
-def make_encoder(name: str, **opts) -> "Encoder | PrecomputedEncoder":
+def make_encoder(name: str, **opts):
     """``clip`` | ``minilm+efficientnet`` (or ``minilm`` / ``efficientnet`` alone) | ``precomputed``.
 
     Options: ``clip_path`` (hub name or local dir), ``device``, ``image_norm``
@@ -444,6 +444,7 @@ def make_encoder(name: str, **opts) -> "Encoder | PrecomputedEncoder":
     name = (name or "").strip().lower()
     normalize = opts.pop("normalize", True)
     if name == "precomputed":
+        from .precomputed import PrecomputedEncoder
         return PrecomputedEncoder(normalize=normalize, **{k: v for k, v in opts.items()
                                                           if k in PrecomputedEncoder.OPTIONS})
     parts, aligned = [], True
@@ -454,133 +455,3 @@ def make_encoder(name: str, **opts) -> "Encoder | PrecomputedEncoder":
     if name == "clip":
         normalize = True  # docs/model.md §2: CLIP embeddings are L2-normalised
     return Encoder(name, parts, aligned=aligned, normalize=normalize)
-
-
-# --------------------------------------------------------------------------- precomputed
-
-#: Built-in precomputed feature sets: paths relative to the dataset folder.
-PRECOMPUTED_PRESETS = {
-    "lastfm-2k": {
-        # row i of every matrix = Spillo item idx i; item_id_join.tsv maps it to the HetRec artistID
-        "ids": {"file": "item_id_join.tsv", "id_column": "hetrec_artistID", "row_column": "spillo_item_idx"},
-        "choices": {
-            "text": {"minilm": "features/all-MiniLM-L6-v2.npy"},
-            "audio": {"whisper": "features/whisper.npy", "vggish": "features/vggish.npy"},
-        },
-        "default": {"text": "minilm", "audio": "whisper"},
-        "source": "Spillo et al. (giuspillo/extending_sota_data_mm_feat), per-artist averages",
-    },
-}
-
-
-def precomputed_row_ids(base: Path, spec) -> list[str]:
-    """Ids of the rows of a feature matrix: ``out[i]`` is the token of row ``i`` ("" = no entity).
-
-    ``spec`` is a path or ``{"file", "id_column", "row_column"}``: a ``.npy`` of ids; a
-    text file with one id per line (no header); or a TSV/CSV with a header, naming
-    ``id_column`` and optionally ``row_column`` (else line order; negative rows are skipped).
-    """
-    if isinstance(spec, (str, Path)):
-        spec = {"file": str(spec)}
-    path = Path(spec["file"]).expanduser()
-    if not path.is_absolute():
-        path = base / path
-    if not path.is_file():
-        raise UserError(f"id file {path} not found")
-    if path.suffix == ".npy":
-        return [str(x) for x in np.load(path, allow_pickle=False).reshape(-1).tolist()]
-    lines = path.read_bytes().decode("utf-8", "replace").splitlines()
-    id_col = spec.get("id_column")
-    if not id_col:
-        return [ln.strip() for ln in lines]
-    sep = "," if path.suffix == ".csv" else "\t"
-    header = lines[0].split(sep) if lines else []
-    if id_col not in header:
-        raise UserError(f"{path}:1: no column {id_col!r} (header: {header})")
-    k = header.index(id_col)
-    r = header.index(spec["row_column"]) if spec.get("row_column") in header else None
-    if spec.get("row_column") and r is None:
-        raise UserError(f"{path}:1: no column {spec['row_column']!r} (header: {header})")
-    pairs = []
-    for ln_no, ln in enumerate(lines[1:], start=2):
-        f = ln.split(sep)
-        if len(f) <= max(k, r or 0):
-            continue
-        if r is None:
-            pairs.append((len(pairs), f[k].strip()))
-        else:
-            try:
-                row = int(f[r])
-            except ValueError:
-                raise UserError(f"{path}:{ln_no}: row index {f[r]!r} is not an integer") from None
-            if row >= 0:
-                pairs.append((row, f[k].strip()))
-    out = [""] * (max((p for p, _ in pairs), default=-1) + 1)
-    for row, tok in pairs:
-        out[row] = tok
-    return out
-
-
-class PrecomputedEncoder:
-    """Features read from ``.npy`` matrices instead of computed.
-
-    ``features``: ``{modality: path}`` (relative paths are under the dataset folder);
-    ``ids``: an id file (see :func:`precomputed_row_ids`) shared by all matrices;
-    ``kind``: ``"item"`` (ids are item tokens, default) or ``"entity"``.
-    Without ``features``, the dataset's preset is used, where ``text=`` / ``audio=``
-    pick among its choices (lastfm-2k: ``audio="whisper"`` default, or ``"vggish"``).
-    """
-
-    OPTIONS = ("features", "ids", "kind", "text", "audio", "image", "dataset")
-    name = "precomputed"
-    aligned = False
-
-    def __init__(self, features: dict | None = None, ids=None, kind: str = "item", normalize: bool = True,
-                 dataset: str | None = None, **choices):
-        self.features = dict(features or {})
-        self.ids = ids
-        self.kind = kind
-        self.normalize = normalize
-        self.dataset = dataset
-        self.choices = {k: v for k, v in choices.items() if v}
-        self.preset = None
-        if kind not in ("item", "entity"):
-            raise UserError(f"precomputed kind {kind!r}: 'item' or 'entity'")
-
-    def resolve(self, dataset: str) -> None:
-        """Fill features/ids from the dataset's preset when the user gave none."""
-        if self.features:
-            if self.ids is None:
-                raise UserError("precomputed features need an id file (--ids FILE): row i of each matrix = "
-                                "the entity named on line i")
-            return
-        preset = PRECOMPUTED_PRESETS.get(dataset)
-        if preset is None:
-            raise UserError(f"no precomputed feature preset for {dataset!r} (presets: {sorted(PRECOMPUTED_PRESETS)}): "
-                            f"pass --features MODALITY=FILE.npy ... and --ids FILE")
-        self.preset = dataset
-        self.ids = self.ids or preset["ids"]
-        for mod, options in preset["choices"].items():
-            pick = self.choices.get(mod, preset["default"].get(mod))
-            if pick is None:
-                continue
-            if pick not in options:
-                raise UserError(f"{dataset} precomputed {mod}: {pick!r} is not one of {sorted(options)}")
-            self.features[mod] = options[pick]
-            self.choices[mod] = pick
-
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        return tuple(self.features)
-
-    def identity(self) -> dict:
-        return {"name": "precomputed", "aligned": False, "normalize": self.normalize, "kind": self.kind,
-                "preset": self.preset, "choices": self.choices,
-                "parts": {m: {"file": str(p)} for m, p in self.features.items()}, "ids": self.ids}
-
-    def files(self, base: Path) -> dict[str, Path]:
-        out = {}
-        for m, p in self.features.items():
-            p = Path(p).expanduser()
-            out[m] = p if p.is_absolute() else base / p
-        return out

@@ -43,9 +43,8 @@ import numpy as np
 
 from ..data.dataset import default_cache_dir
 from ..errors import UserError
-from ..fingerprint import file_digest
 from .content import ENTITY, ITEM, KIND_NAMES, EntityContent, collect_content
-from .encoders import BadInput, Encoder, PrecomputedEncoder, make_encoder, precomputed_row_ids
+from .encoders import BadInput, Encoder, make_encoder
 
 log = logging.getLogger(__name__)
 
@@ -462,120 +461,9 @@ def _build_store(content: EntityContent, encoder: Encoder, cache_dir, batch_size
     return FeatureStore.load(final, from_cache=False)
 
 
-# --------------------------------------------------------------------------- precomputed
-
-def build_precomputed(dataset_name: str, encoder: PrecomputedEncoder, data_dir=None, cache_dir=None,
-                      chunk_rows: int = 4096, rebuild: bool = False) -> FeatureStore:
-    """Read user-supplied matrices into the store format, row-checking them (ids, NaN/inf, counts).
-    One process at a time per dataset and encoder (others wait, then load it)."""
-    with _one_builder(cache_dir, dataset_name, "precomputed"):
-        return _build_precomputed(dataset_name, encoder, data_dir, cache_dir, chunk_rows, rebuild)
-
-
-def _build_precomputed(dataset_name: str, encoder: PrecomputedEncoder, data_dir, cache_dir, chunk_rows: int,
-                       rebuild: bool) -> FeatureStore:
-    from ..data.sources import dataset_dir
-    t0 = time.time()
-    base = dataset_dir(dataset_name, data_dir)
-    encoder.resolve(dataset_name)
-    files = encoder.files(base)
-    for m in files:
-        if not _MOD_NAME.match(m):
-            raise UserError(f"modality name {m!r}: lower-case letters, digits, '-' or '_'")
-    ids_spec = encoder.ids if isinstance(encoder.ids, dict) else {"file": str(encoder.ids)}
-    id_path = Path(ids_spec["file"]).expanduser()
-    id_path = id_path if id_path.is_absolute() else base / id_path
-    ident = encoder.identity()
-    key = _key({"format": FORMAT_VERSION, "dataset": dataset_name, "encoder": ident,
-                "files": {m: file_digest(p) for m, p in files.items()}, "ids_file": file_digest(id_path)})
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    final = root / "features" / dataset_name / f"precomputed-{key}"
-    if rebuild:
-        shutil.rmtree(final, ignore_errors=True)
-    if (final / "meta.json").is_file():
-        return FeatureStore.load(final, from_cache=True)
-
-    row_ids = precomputed_row_ids(base, ids_spec)
-    kind = ITEM if encoder.kind == "item" else ENTITY
-    # rows of the store: unique non-empty ids, first occurrence wins
-    tokens, first_row = [], {}
-    skips = _Skips(dataset_name)
-    for i, tok in enumerate(row_ids):
-        if tok and tok not in first_row:
-            first_row[tok] = i
-            tokens.append(tok)
-    n = len(tokens)
-    kinds = np.full(n, kind, dtype=np.int8)
-    feats, masks, mod_meta, dims = {}, {}, {}, {}
-    for mod, path in files.items():
-        if not path.is_file():
-            raise UserError(f"precomputed {mod} features: {path} not found")
-        try:
-            mat = np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception as e:
-            raise UserError(f"precomputed {mod} features: {path} is not a readable .npy ({e})") from None
-        if mat.ndim != 2:
-            raise UserError(f"precomputed {mod} features: {path} has shape {mat.shape}, expected (rows, dim)")
-        dim = int(mat.shape[1])
-        dims[mod] = dim
-        x = np.zeros((n, dim), dtype=np.float32)
-        mask = np.zeros(n, dtype=bool)
-        if mat.shape[0] != len(row_ids):
-            log.warning("%s: %s has %d rows but the id file %s names %d; %s", dataset_name, path, mat.shape[0],
-                        id_path, len(row_ids),
-                        "rows without an id are ignored" if mat.shape[0] > len(row_ids)
-                        else "ids past the last row are masked as missing")
-        n_rows = min(mat.shape[0], len(row_ids))
-        pos = {tok: k for k, tok in enumerate(tokens)}
-        for tok in tokens:
-            if first_row[tok] >= n_rows:
-                skips.add(mod, kind, tok, f"no row {first_row[tok]} in {path.name} ({mat.shape[0]} rows)")
-        for i, tok in enumerate(row_ids[:n_rows]):
-            if tok and first_row[tok] != i:
-                skips.add(mod, kind, tok, f"duplicate id: row {i} ignored, row {first_row[tok]} kept")
-        for start in range(0, n_rows, chunk_rows):
-            block = np.asarray(mat[start:start + chunk_rows], dtype=np.float64)
-            whys = _check_rows(block)
-            for j, why in enumerate(whys):
-                i = start + j
-                tok = row_ids[i]
-                if not tok or first_row[tok] != i:
-                    continue
-                if why:
-                    skips.add(mod, kind, tok, f"{why} (row {i} of {path.name})")
-                    continue
-                k = pos[tok]
-                x[k] = block[j]
-                mask[k] = True
-        if encoder.normalize:
-            x = _normalise(x)
-        feats[mod], masks[mod] = x, mask
-        skipped = skips.by_mod.get(mod, [])
-        mod_meta[mod] = _modality_meta(dim, n, mask, kinds, skipped)
-        mod_meta[mod]["file"] = str(path)
-        if skipped:
-            log.warning("%s (%s): %d of %d rows skipped (see %s/meta.json)", dataset_name, mod, len(skipped), n, final)
-    n_noid = sum(1 for t in row_ids if not t)
-    notes = [f"row i of each matrix = id on line i of {id_path.name}" +
-             (f" ({n_noid} rows have no id)" if n_noid else "")]
-    if encoder.preset:
-        from .encoders import PRECOMPUTED_PRESETS
-        notes.append(f"preset {encoder.preset}: {PRECOMPUTED_PRESETS[encoder.preset]['source']}; "
-                     f"choices {encoder.choices}")
-    meta = {
-        "format": FORMAT_VERSION, "key": key, "dataset": dataset_name,
-        "encoder": {**ident, "dims": dims}, "modalities": mod_meta,
-        "rows": {"total": n, "items": int((kinds == ITEM).sum()), "entities": int((kinds == ENTITY).sum())},
-        "notes": notes, "seconds": round(time.time() - t0, 3),
-        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    _finalise(final, dataset_name, tokens, kinds, feats, masks, meta)
-    return FeatureStore.load(final, from_cache=False)
-
-
 # --------------------------------------------------------------------------- entry point
 
-def build_features(dataset_name: str, encoder: str | Encoder | PrecomputedEncoder = "clip", data_dir=None,
+def build_features(dataset_name: str, encoder="clip", data_dir=None,
                    cache_dir=None, batch_size: int = 32, descriptions: bool = True, progress: bool = True,
                    rebuild: bool = False, content: EntityContent | None = None, **encoder_opts) -> FeatureStore:
     """Build (or load from the cache) the features of ``dataset_name`` with ``encoder``.
@@ -587,6 +475,7 @@ def build_features(dataset_name: str, encoder: str | Encoder | PrecomputedEncode
     ``descriptions``: include ml-1m's LLM-written descriptions in the item text.
     ``content``: encode this content instead of the dataset's (tests, subsets).
     """
+    from .precomputed import PrecomputedEncoder, build_precomputed
     enc = make_encoder(encoder, **encoder_opts) if isinstance(encoder, str) else encoder
     if isinstance(enc, PrecomputedEncoder):
         return build_precomputed(dataset_name, enc, data_dir=data_dir, cache_dir=cache_dir, rebuild=rebuild)

@@ -46,18 +46,15 @@ from torch import nn
 
 from ..errors import UserError
 from ..nn import SparseAdjacency
+from ..nn.sparse import bipartite_adjacency
 from .base import Recommender
 
 
 def spectral_filter(train: np.ndarray, n_users: int, n_items: int, laplacian: str = "rw",
                     self_loops: bool = True) -> sp.csr_matrix:
     """``I + L`` (= U U^-1 + U Lambda U^-1) of the user-item graph, users first."""
-    u, i = train[:, 0], train[:, 1] + n_users
     n = n_users + n_items
-    a = sp.csr_matrix((np.ones(2 * len(u), dtype=np.float64), (np.concatenate([u, i]), np.concatenate([i, u]))),
-                      shape=(n, n))
-    a.sum_duplicates()
-    a.data[:] = 1.0
+    a = bipartite_adjacency(train, n_users, n_items, dtype=np.float64)
     if self_loops:
         a = a + sp.identity(n, format="csr")
     deg = np.asarray(a.sum(1)).ravel()

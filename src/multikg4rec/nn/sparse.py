@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-__all__ = ["SparseAdjacency", "propagate", "normalized_bipartite_adjacency"]
+__all__ = ["SparseAdjacency", "propagate", "bipartite_adjacency", "normalized_bipartite_adjacency"]
 
 
 def _index32(*index: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -237,14 +237,20 @@ def propagate(adj: SparseAdjacency, x: torch.Tensor) -> torch.Tensor:
 
 
 
-def normalized_bipartite_adjacency(train: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
-    """D^-1/2 A D^-1/2 of the (n_users + n_items) square user-item graph (LightGCN, Eq. 7)."""
+def bipartite_adjacency(train: np.ndarray, n_users: int, n_items: int, dtype=np.float32) -> sp.csr_matrix:
+    """The binary symmetric (n_users + n_items) square adjacency of the user-item graph, users first."""
     u, i = train[:, 0], train[:, 1] + n_users
     n = n_users + n_items
-    a = sp.csr_matrix((np.ones(2 * len(u), dtype=np.float32), (np.concatenate([u, i]), np.concatenate([i, u]))),
+    a = sp.csr_matrix((np.ones(2 * len(u), dtype=dtype), (np.concatenate([u, i]), np.concatenate([i, u]))),
                       shape=(n, n))
     a.sum_duplicates()
     a.data[:] = 1.0
+    return a
+
+
+def normalized_bipartite_adjacency(train: np.ndarray, n_users: int, n_items: int) -> sp.csr_matrix:
+    """D^-1/2 A D^-1/2 of the (n_users + n_items) square user-item graph (LightGCN, Eq. 7)."""
+    a = bipartite_adjacency(train, n_users, n_items)
     deg = np.asarray(a.sum(1)).ravel()
     d = np.zeros_like(deg, dtype=np.float32)
     np.power(deg, -0.5, out=d, where=deg > 0)
