@@ -355,7 +355,7 @@ def test_convncfs_prerequisite_is_its_bprmf_run_until_that_run_has_a_checkpoint_
     fresh machine that BPR-MF run is a prerequisite (training.run trains it first) until its checkpoint exists."""
     from multikg4rec import rundir
     from multikg4rec.experiments import Job
-    from multikg4rec.models.convncf import bprmf_config, prerequisites
+    from multikg4rec.models.pretrained import bprmf_config, bprmf_prerequisites as prerequisites
 
     cfg = Job("convncf", "convncf", "ml-100k", 3).config({"output_dir": str(tmp_path)})
     assert [(p["model"], p["seed"]) for p in prerequisites(cfg)] == [("bprmf", 3)]
@@ -376,7 +376,7 @@ def test_a_run_whose_prerequisite_is_locked_waits_on_the_prerequisite(monkeypatc
     from multikg4rec import rundir, training
     from multikg4rec.errors import RunBusy
     from multikg4rec.experiments import Job, run_jobs
-    from multikg4rec.models.convncf import bprmf_config, prerequisites
+    from multikg4rec.models.pretrained import bprmf_config, bprmf_prerequisites as prerequisites
 
     common = {"output_dir": str(tmp_path)}
     job = Job("convncf", "convncf", "ml-100k", 1)

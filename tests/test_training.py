@@ -116,7 +116,7 @@ def test_a_run_is_found_by_the_config_it_stores_not_by_its_directory_name(tmp_pa
 def test_convncf_trains_its_bprmf_initialisation_first(tmp_path, data_dir):
     """`train --model convncf` (pretrain_path: auto) finds or trains the BPR-MF run it starts from
     (Recommender.prerequisites, honoured by training.run), instead of stopping with an error."""
-    from multikg4rec.models.convncf import bprmf_config
+    from multikg4rec.models.pretrained import bprmf_config
     from multikg4rec.rundir import find_run
     small = {"epochs": 1, "embedding_size": 8, "channels": [4, 4, 4], "output_dir": str(tmp_path), "seed": 0,
              "data_dir": str(data_dir), "quiet": True, "threads": 1}

@@ -86,7 +86,7 @@ def _ours_child(spec: dict) -> None:
             metrics["reused"] = reused
     out = {"run_dir": str(Path(run_dir).resolve()), "metrics": metrics}
     if cfg["model"] == "convncf" and cfg.get("pretrain_path"):
-        from multikg4rec.models.convncf import bprmf_config    # the BPR-MF config ours starts from
+        from multikg4rec.models.pretrained import bprmf_config    # the BPR-MF config ours starts from
         pre = bprmf_config(cfg) if str(cfg["pretrain_path"]) == "auto" else load_yaml_file(cfg["pretrain_path"])
         out["pretrain_config"] = pre
     print(json.dumps(out, default=str), flush=True)

@@ -78,7 +78,8 @@ def cmd_train(args, rest) -> int:
     res = run(cfg, run_dir=args.run_dir, restart=args.restart, quiet=args.quiet)
     m = res.metrics
     print(json.dumps({"run_dir": str(res.run_dir), "best_epoch": m["best_epoch"],
-                      "seconds_per_epoch": m["seconds_per_epoch"], "test": m["test"]}, indent=2))
+                      "seconds_per_epoch": m["seconds_per_epoch"], "test": m["test"],
+                      **({"test_hybrid": m["test_hybrid"]} if "test_hybrid" in m else {})}, indent=2))
     return 0
 
 
@@ -295,11 +296,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "runs start from its recipe (experiments/paper.yaml: the settings the committed "
                                    "tables were trained with where a default has changed since; Multi-KG4Rec: "
                                    "kg_loss_triples ckg); an option on the command line wins.")
-    r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "status"])
+    r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "coldstart", "status"],
+                   help="a paper table, fig4, coldstart (new items, every model: docs/coldstart.md), or status")
     r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
     r.add_argument("--seeds", type=_at_least_one, default=5, help="seeds 0..N-1 (default 5)")
-    r.add_argument("--models", nargs="+", help="table2 only: a subset of its models (the table keeps the rows "
-                   "of earlier calls this one does not cover; delete results/<table>/runs.csv to start afresh)")
+    r.add_argument("--models", nargs="+", help="table2 and coldstart: a subset of their rows (coldstart: a label, or "
+                   "a model name for all its rows; the table keeps the rows of earlier calls this one does not "
+                   "cover; delete results/<table>/runs.csv to start afresh)")
     r.add_argument("--results", default="results", help="output root (default ./results)")
     r.add_argument("--archive", help="run archive: finished runs' small files, kept and read back by their config "
                                      "(default <results>/runs)")

@@ -146,6 +146,7 @@ def check_ranges(cfg: dict) -> None:
 
 #: keys with a fixed set of values (checked where the resolved config has the key)
 CHOICES: dict[str, tuple] = {
+    "split": ("warm", "cold_item"),
     "kg_loss_triples": ("ckg", "kg"),
     "precision": ("fp32", "bf16"),
     "encoder": ("clip", "minilm+efficientnet", "minilm", "efficientnet", "precomputed"),

@@ -234,13 +234,18 @@ class Evaluator:
     @torch.no_grad()
     def evaluate(self, score_fn: Callable[[torch.Tensor], torch.Tensor], target: sp.csr_matrix,
                  exclude: list[sp.csr_matrix] | sp.csr_matrix | None = None, users=None,
-                 return_per_user: bool = False, topk: int = 0) -> EvalResult:
+                 return_per_user: bool = False, topk: int = 0, candidates: np.ndarray | None = None) -> EvalResult:
         """Score every evaluated user against all items and average the metrics.
 
         ``score_fn(users: LongTensor) -> FloatTensor (len(users), n_items)``; ``target`` and
         ``exclude`` are ``(n_users, n_items)`` binary CSR (``exclude`` a list is their union).
         Evaluated users: rows of ``target`` with >= 1 item, intersected with ``users`` if given.
+        ``candidates``: (n_items,) bool, the items that may be ranked (all by default; the cold-item
+        protocol ranks the new items only): the ranking is the full ranking over those items alone, and
+        target items outside them are dropped; ``topk`` returns item ids of the whole catalogue.
         """
+        if candidates is not None:
+            return self._on_candidates(score_fn, target, exclude, users, return_per_user, topk, candidates)
         target = self._check(target, "target", None)
         n_users = target.shape[0]
         tgt = _Rows(target)
@@ -294,6 +299,32 @@ class Evaluator:
             result.topk = (torch.cat(top_out).numpy() if top_out else np.zeros((0, width), dtype=np.int64))
             result.topk_users = eval_users.copy()
         return result
+
+    def _on_candidates(self, score_fn, target, exclude, users, return_per_user, topk, candidates) -> EvalResult:
+        """:meth:`evaluate` over the ``candidates`` columns alone: an evaluator of that many items, the scores,
+        target and exclusions restricted to them, the top-K mapped back to catalogue ids."""
+        cand = np.asarray(candidates, dtype=bool).reshape(-1)
+        if cand.shape[0] != self.n_items:
+            raise ValueError(f"candidates has {cand.shape[0]} entries, the evaluator {self.n_items} items")
+        cols = np.flatnonzero(cand)
+        if not len(cols):
+            raise ValueError("no candidate item")
+        sub = Evaluator(len(cols), self.ks, self.metrics, self.batch_size, self.device)
+        idx = torch.from_numpy(cols)
+
+        def sub_scores(u):
+            s = score_fn(u)
+            s = s if torch.is_tensor(s) else torch.as_tensor(s)
+            return s.index_select(1, idx.to(s.device))
+
+        target = self._check(target, "target", None)[:, cols]
+        if exclude is not None:
+            exclude = [self._check(m, f"exclude[{i}]", target.shape[0])[:, cols]
+                       for i, m in enumerate([exclude] if sp.issparse(exclude) else exclude)]
+        res = sub.evaluate(sub_scores, target, exclude, users, return_per_user, topk)
+        if topk:
+            res.topk = np.where(res.topk >= 0, cols[np.maximum(res.topk, 0)], -1)
+        return res
 
     def ranked(self, score_fn: Callable[[torch.Tensor], torch.Tensor], users: np.ndarray, k: int,
                exclude: "_Rows | None" = None):

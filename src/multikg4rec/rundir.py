@@ -10,6 +10,7 @@ A run directory ``<output_dir>/<dataset>/<model>/seed<S>-<hash>/`` holds::
     features.npz         the aligned content features of a model that uses them (rows with content only)
     split/D.{train,valid,test}.inter   the split, ORIGINAL ids (RecBole benchmark_filename)
     split/D.kg, D.link   the KG as used (KG datasets only)
+    split/D.items        under ``split: cold_item``: each item's partition (warm, cold_valid, cold_test)
     log.jsonl            one line per epoch: loss, kg_loss, seconds, valid metrics
     checkpoint.pt        resume state (last epoch): model, optimiser, RNGs, early-stopping state, and an
                          epoch trained but not yet validated (an interrupted evaluation reruns alone)
@@ -18,6 +19,7 @@ A run directory ``<output_dir>/<dataset>/<model>/seed<S>-<hash>/`` holds::
                          memory, provenance (commit, versions, threads, machine); written last
     topk.tsv             per test user: original user id, then top-K original item ids in rank order
     per_user_test.npz    per-user test metrics (for paired significance tests)
+    topk_hybrid.tsv, per_user_test_hybrid.npz   the same for the cold-item protocol's hybrid ranking
     .lock                held (flock) by the process that trains the run
 
 A run is identified by its config, not by its directory's name: :func:`find_run` looks for a
@@ -44,7 +46,8 @@ from .data.atomic import write_atomic
 from .errors import RunBusy, UserError
 
 #: what a restart (``--restart``) deletes: the results and the resume state, not the lock or the split
-RESULT_FILES = ("checkpoint.pt", "best_model.pt", "metrics.json", "log.jsonl", "topk.tsv", "per_user_test.npz")
+RESULT_FILES = ("checkpoint.pt", "best_model.pt", "metrics.json", "log.jsonl", "topk.tsv", "per_user_test.npz",
+                "topk_hybrid.tsv", "per_user_test_hybrid.npz")
 
 
 @dataclass
@@ -329,15 +332,20 @@ def write_split(dataset, out: Path) -> None:
         linked = np.flatnonzero(dataset.item_linked)
         link = pd.DataFrame({"item_id": dataset.item_tokens[linked], "entity_id": ent[linked]})
         write_atomic(link, out / f"{dataset.name}.link", {"item_id": "token", "entity_id": "token"})
+    if dataset.is_cold:                                   # which items are new: the cold metrics recompute from it
+        names = np.array(["warm", "cold_valid", "cold_test"], dtype=object)
+        part = pd.DataFrame({"item_id": dataset.item_tokens, "partition": names[dataset.item_partition]})
+        write_atomic(part, out / f"{dataset.name}.items", {"item_id": "token", "partition": "token"})
 
 
-def write_test_exports(run_dir: Path, dataset, test) -> None:
-    """``topk.tsv`` (each test user's top-K original item ids) and ``per_user_test.npz`` of a test
-    evaluation (:meth:`Evaluator.evaluate` with ``return_per_user`` and ``topk``)."""
-    with open(run_dir / "topk.tsv", "w", encoding="utf-8") as f:
+def write_test_exports(run_dir: Path, dataset, test, suffix: str = "") -> None:
+    """``topk<suffix>.tsv`` (each test user's top-K original item ids) and ``per_user_test<suffix>.npz`` of a
+    test evaluation (:meth:`Evaluator.evaluate` with ``return_per_user`` and ``topk``); the cold-item
+    protocol's hybrid evaluation writes them with ``suffix="_hybrid"``."""
+    with open(run_dir / f"topk{suffix}.tsv", "w", encoding="utf-8") as f:
         for u, row in zip(dataset.user_tokens[test.topk_users], test.topk):
             f.write(u + "\t" + "\t".join(dataset.item_tokens[row[row >= 0]]) + "\n")
-    np.savez_compressed(run_dir / "per_user_test.npz",
+    np.savez_compressed(run_dir / f"per_user_test{suffix}.npz",
                         **{k.replace("@", "_at_"): v for k, v in test.per_user.items()})
 
 

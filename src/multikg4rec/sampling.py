@@ -24,31 +24,38 @@ def _isin_sorted(q: np.ndarray, sorted_keys: np.ndarray) -> np.ndarray:
 class BPRSampler:
     """One epoch = every TRAIN interaction once as (user, pos), in a seeded random
     order, each with one uniform negative item the user has not interacted with in
-    train.
+    train. ``neg_pool``: the items negatives are drawn from (default all; the cold-item protocol draws
+    from the warm items only: a new item does not exist while the model trains).
 
     >>> for batch in BPRSampler(ds.train, ds.n_items, 1024, rng): batch["users"]
     """
 
     def __init__(self, train: np.ndarray, n_items: int, batch_size: int, rng: np.random.Generator,
-                 max_tries: int = 100):
+                 max_tries: int = 100, neg_pool: np.ndarray | None = None):
         self.train = np.asarray(train, dtype=np.int64)
         self.n_items = int(n_items)
         self.batch_size = int(batch_size)
         self.rng = rng
         self.max_tries = max_tries
         self.pos_keys = np.unique(_keys(self.train[:, 0], self.train[:, 1], self.n_items))
+        self.neg_pool = None if neg_pool is None else np.asarray(neg_pool, dtype=np.int64)
+
+    def _draw(self, n: int) -> np.ndarray:
+        if self.neg_pool is None:
+            return self.rng.integers(0, self.n_items, size=n)
+        return self.neg_pool[self.rng.integers(0, len(self.neg_pool), size=n)]
 
     def __len__(self) -> int:
         return (len(self.train) + self.batch_size - 1) // self.batch_size
 
     def sample_negatives(self, users: np.ndarray) -> np.ndarray:
-        neg = self.rng.integers(0, self.n_items, size=len(users))
+        neg = self._draw(len(users))
         bad = _isin_sorted(_keys(users, neg, self.n_items), self.pos_keys)
         for _ in range(self.max_tries):
             if not bad.any():
                 break
             idx = np.flatnonzero(bad)
-            neg[idx] = self.rng.integers(0, self.n_items, size=len(idx))
+            neg[idx] = self._draw(len(idx))
             bad[idx] = _isin_sorted(_keys(users[idx], neg[idx], self.n_items), self.pos_keys)
         return neg  # a user who interacted with every item keeps a positive: harmless, vanishingly rare
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import __version__, rundir, runtime
 from .config import config_hash
 from .data import Dataset, load_dataset
+from .data.dataset import COLD_TEST, COLD_VALID, WARM
 from .errors import Interrupted, UserError
 from .evaluation import Evaluator, format_metrics
 from .models import Recommender, build_model, get_model_class, model_features
@@ -49,8 +50,10 @@ class Trainer:
                                    device=self.device)
         # fused Adam: one kernel per parameter instead of ~10 elementwise passes over it; KG models update
         # their whole node table at every step (bench/results/kgat_step.md)
+        # a model with no parameters (content-KNN) trains nothing: its epochs only validate
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"],
-                                          weight_decay=config["weight_decay"], fused=True)
+                                          weight_decay=config["weight_decay"], fused=True) \
+            if any(p.requires_grad for p in model.parameters()) else None
         self.rng = np.random.default_rng(config["seed"])
         self.train_csr = dataset.csr("train")
         self.valid_csr = dataset.csr("valid")
@@ -66,7 +69,13 @@ class Trainer:
         if model.uses_kg_loss:
             triples, n_nodes = model.kg_train_triples()
             self.kg_sampler = KGSampler(triples, n_nodes, config["kg_batch_size"], self.rng)
-        self.cf_sampler = BPRSampler(dataset.train, dataset.n_items, config["batch_size"], self.rng)
+        # the cold-item protocol: negatives among the warm items only (a new item does not exist while the model
+        # trains); valid and test rank the new items (COLD_VALID, COLD_TEST) alone, and test also the catalogue
+        # of warm + new items (hybrid)
+        self.cf_sampler = BPRSampler(dataset.train, dataset.n_items, config["batch_size"], self.rng,
+                                     neg_pool=np.flatnonzero(dataset.items_in(WARM)) if dataset.is_cold else None)
+        self.candidates = {"valid": dataset.items_in(COLD_VALID), "test": dataset.items_in(COLD_TEST),
+                           "test_hybrid": dataset.items_in(WARM, COLD_TEST)} if dataset.is_cold else {}
 
     # ---- state
     @property
@@ -75,7 +84,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         atomic_save({
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
             "train_seconds": self.train_seconds, "pending_row": self.pending_row, "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(), "config_hash": config_hash(self.config), "commits": self.commits,
@@ -89,7 +98,8 @@ class Trainer:
         if state.get("config_hash") != config_hash(self.config):
             raise UserError(f"{self.ckpt_path} was written with a different config; use --restart to start over")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.best, self.best_epoch = state["epoch"], state["best"], state["best_epoch"]
         self.bad_evals, self.train_seconds = state["bad_evals"], state["train_seconds"]
         self.pending_row = state.get("pending_row")                 # absent in checkpoints from before it
@@ -112,7 +122,9 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # ---- one epoch
-    def _pass(self, sampler, loss_fn, desc: str) -> float:
+    def _pass(self, sampler, loss_fn, desc: str) -> float | None:
+        if self.optimizer is None:                       # nothing to train (content-KNN)
+            return None
         total, n = 0.0, 0
         bar = tqdm(sampler, total=len(sampler), desc=desc, leave=False, disable=True if self.quiet else None,
                    dynamic_ncols=True)   # None: no bar when stderr is not a terminal (a log file)
@@ -139,10 +151,12 @@ class Trainer:
         with torch.no_grad():
             with self.on_device():
                 self.model.prepare_eval()
+            cand = self.candidates.get(split)
             if split == "valid":
-                res = self.evaluator.evaluate(score, self.valid_csr, [self.train_csr], **kw)
-            else:
-                res = self.evaluator.evaluate(score, self.dataset.csr("test"), [self.train_csr, self.valid_csr], **kw)
+                res = self.evaluator.evaluate(score, self.valid_csr, [self.train_csr], candidates=cand, **kw)
+            else:                                        # "test", or the cold protocol's "test_hybrid"
+                res = self.evaluator.evaluate(score, self.dataset.csr("test"), [self.train_csr, self.valid_csr],
+                                              candidates=cand, **kw)
         self.model.train()
         return res
 
@@ -210,7 +224,7 @@ class Trainer:
         self.save_checkpoint()
         logf.write(json.dumps(row) + "\n")
         logf.flush()
-        msg = f"epoch {epoch:3d}  loss {row['loss']:.4f}"
+        msg = f"epoch {epoch:3d}  loss {row['loss']:.4f}" if row["loss"] is not None else f"epoch {epoch:3d}  (nothing to train)"
         if "kg_loss" in row:
             msg += f"  kg {row['kg_loss']:.4f}"
         msg += f"  {row['train_seconds']:.1f}s"
@@ -242,10 +256,16 @@ class Trainer:
         test = self.evaluate("test", return_per_user=True, topk=int(self.config["save_topk"]))
         ds = self.dataset
         rundir.write_test_exports(self.run_dir, ds, test)
+        extra = {}
+        if ds.is_cold:                                   # the new items among the warm ones
+            hybrid = self.evaluate("test_hybrid", return_per_user=True, topk=int(self.config["save_topk"]))
+            rundir.write_test_exports(self.run_dir, ds, hybrid, suffix="_hybrid")
+            extra = {"test_hybrid": hybrid.metrics, "n_test_users_hybrid": hybrid.n_users,
+                     "protocol": "cold_item: test = the cold-test items alone, test_hybrid = warm + cold-test items"}
         secs = self.train_seconds
         metrics = {
             "model": self.config["model"], "dataset": ds.name, "seed": self.config["seed"],
-            "valid": valid_metrics, "test": test.metrics,
+            "valid": valid_metrics, "test": test.metrics, **extra,
             "best_epoch": self.best_epoch, "epochs_run": self.epoch,
             "seconds_per_epoch": round(float(np.mean(secs)), 3) if secs else None,
             "train_seconds_total": round(float(np.sum(secs)), 1),

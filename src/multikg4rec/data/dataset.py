@@ -39,7 +39,11 @@ PREPROCESS_VERSION = 1
 
 #: preprocessing keys of the config (the rest of the config does not touch the data)
 DATA_KEYS = ("rating_threshold", "min_user_inter", "min_item_inter", "kg_items_only", "kg_hops",
-             "split_ratio", "split_seed")
+             "split", "split_ratio", "split_seed")
+#: ``split`` values: every item in every split (``warm``), or new items held out whole (``cold_item``)
+SPLITS = ("warm", "cold_item")
+#: ``Dataset.item_partition`` values under ``split: cold_item``
+WARM, COLD_VALID, COLD_TEST = 0, 1, 2
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,19 @@ def split_per_user(users: np.ndarray, ratios=(0.8, 0.1, 0.1), seed: int = 2024) 
     return part
 
 
+def split_items(n_items: int, has_inter: np.ndarray, ratios=(0.8, 0.1, 0.1), seed: int = 2024) -> np.ndarray:
+    """The cold-item protocol's item partition: the items with at least one interaction, in a seeded random
+    order, split ``ratios`` into warm, cold-valid and cold-test items (ColdRec's 8:1:1 division); an item with
+    no interaction stays warm. Returns (n_items,) int8 of ``WARM`` / ``COLD_VALID`` / ``COLD_TEST``."""
+    items = np.flatnonzero(has_inter)
+    order = np.random.default_rng([seed, 1]).permutation(items)      # its own stream: the user split's is apart
+    n_valid, n_test = int(round(len(items) * ratios[1])), int(round(len(items) * ratios[2]))
+    part = np.zeros(n_items, dtype=np.int8)
+    part[order[len(order) - n_valid - n_test:len(order) - n_test]] = COLD_VALID
+    part[order[len(order) - n_test:]] = COLD_TEST
+    return part
+
+
 def k_core(users: np.ndarray, items: np.ndarray, min_user: int, min_item: int) -> np.ndarray:
     """Boolean mask of rows kept by an iterative (min_user, min_item)-core filter."""
     keep = np.ones(len(users), dtype=bool)
@@ -106,9 +123,11 @@ class Dataset:
 
     ARRAYS = ("user_tokens", "item_tokens", "entity_tokens", "relation_tokens",
               "train", "valid", "test", "kg", "item_linked")
+    #: arrays only some datasets have (a cold-item split's partition)
+    OPTIONAL = ("item_partition",)
 
     def __init__(self, name: str, user_tokens, item_tokens, entity_tokens, relation_tokens,
-                 train, valid, test, kg, item_linked, meta: dict | None = None):
+                 train, valid, test, kg, item_linked, meta: dict | None = None, item_partition=None):
         self.name = name
         self.user_tokens = np.asarray(user_tokens, dtype=object)
         self.item_tokens = np.asarray(item_tokens, dtype=object)
@@ -120,6 +139,18 @@ class Dataset:
         self.kg = np.asarray(kg, dtype=np.int64).reshape(-1, 3)
         self.item_linked = np.asarray(item_linked, dtype=bool)
         self.meta = meta or {}
+        #: (n_items,) int8 under ``split: cold_item``: WARM, COLD_VALID or COLD_TEST; None for a warm split
+        self.item_partition = None if item_partition is None else np.asarray(item_partition, dtype=np.int8)
+
+    @property
+    def is_cold(self) -> bool:
+        """Whether new items are held out whole (``split: cold_item``)."""
+        return self.item_partition is not None
+
+    def items_in(self, *parts: int) -> np.ndarray:
+        """(n_items,) bool: the items of the given partitions (every item of a warm split is WARM)."""
+        part = self.item_partition if self.is_cold else np.zeros(self.n_items, dtype=np.int8)
+        return np.isin(part, parts)
 
     # ---- sizes
     n_users = property(lambda self: len(self.user_tokens))
@@ -182,7 +213,7 @@ class Dataset:
         h = hashlib.sha1(self.name.encode())
         for k in ("user_tokens", "item_tokens", "entity_tokens", "relation_tokens"):
             h.update(b"\x1e" + "\x1f".join(map(str, getattr(self, k))).encode())
-        for k in ("train", "valid", "test", "kg", "item_linked"):
+        for k in ("train", "valid", "test", "kg", "item_linked") + (("item_partition",) if self.is_cold else ()):
             a = np.ascontiguousarray(getattr(self, k))
             h.update(f"\x1e{k}{a.shape}".encode() + a.tobytes())
         return h.hexdigest()[:16]
@@ -211,6 +242,7 @@ class Dataset:
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
         os.close(fd)
         arrays = {k: getattr(self, k) for k in self.ARRAYS}
+        arrays |= {k: getattr(self, k) for k in self.OPTIONAL if getattr(self, k) is not None}
         for k in ("user_tokens", "item_tokens", "entity_tokens", "relation_tokens"):
             arrays[k] = arrays[k].astype(str)
         (np.savez_compressed if compressed else np.savez)(
@@ -222,7 +254,8 @@ class Dataset:
         z = np.load(path, allow_pickle=False)
         meta = json.loads(str(z["meta"]))
         name = meta.pop("name")
-        return cls(name, **{k: z[k] for k in cls.ARRAYS}, meta=meta)
+        return cls(name, **{k: z[k] for k in cls.ARRAYS}, meta=meta,
+                   **{k: z[k] for k in cls.OPTIONAL if k in z.files})
 
 
 # --------------------------------------------------------------------------- building
@@ -290,7 +323,22 @@ def build_dataset(raw: RawDataset, cfg: dict) -> Dataset:
     order = np.lexsort((i, u))
     u, i = u[order], i[order]
     seed = int(cfg.get("split_seed") if cfg.get("split_seed") is not None else cfg.get("seed", 2024))
-    part = split_per_user(u, tuple(cfg.get("split_ratio") or (0.8, 0.1, 0.1)), seed)
+    ratios = tuple(cfg.get("split_ratio") or (0.8, 0.1, 0.1))
+    split = cfg.get("split") or "warm"
+    if split not in SPLITS:
+        raise UserError(f"split: must be one of {', '.join(SPLITS)}, got {split!r}")
+    item_part = None
+    if split == "cold_item":
+        # new items held out whole: every interaction of a cold-valid / cold-test item is a valid / test row;
+        # the warm items' interactions are split per user as in the warm protocol
+        item_part = split_items(len(item_tok), np.bincount(i, minlength=len(item_tok)) > 0, ratios, seed)
+        cold = item_part[i]
+        part = np.empty(len(u), dtype=np.int8)
+        warm = cold == WARM
+        part[warm] = split_per_user(u[warm], ratios, seed)
+        part[cold == COLD_VALID], part[cold == COLD_TEST] = 1, 2
+    else:
+        part = split_per_user(u, ratios, seed)
     if not ((part == 1).any() and (part == 2).any()):
         raise UserError(f"{raw.name}: nothing to validate or test on: no user has the 3 interactions a train, a "
                         f"valid and a test item need ({len(user_tok)} users, {len(u)} interactions)")
@@ -335,6 +383,7 @@ def build_dataset(raw: RawDataset, cfg: dict) -> Dataset:
         item_linked=np.array([e is not None for e in item_entity]),
         meta={"config": {k: cfg.get(k) for k in DATA_KEYS} | {"seed": seed}, "notes": raw.notes,
               "users_with_fewer_than_3": few},
+        item_partition=item_part,
     )
 
 

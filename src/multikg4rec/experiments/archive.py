@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 #: the small files of a finished run that the archive keeps (a few KB each): enough for every table,
 #: the paired tests and the learning curves (log.jsonl)
-ARCHIVE_FILES = ("metrics.json", "config.yaml", "per_user_test.npz", "log.jsonl")
+ARCHIVE_FILES = ("metrics.json", "config.yaml", "per_user_test.npz", "per_user_test_hybrid.npz", "log.jsonl")
 
 
 def archived(cfg: dict, archive: Path | None) -> Path | None:
@@ -114,7 +114,9 @@ def earlier_rows(csv_path: Path, rows: list[dict]) -> tuple[list[dict], list[str
     return kept, datasets
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    cols = ["label", "model", "dataset", "seed", *METRICS, "valid_ndcg@20", "best_epoch", "epochs_run",
+    hybrid = any("test_hybrid" in r["metrics"] for r in rows)        # the cold-item protocol's second ranking
+    cols = ["label", "model", "dataset", "seed", *METRICS, *([f"hybrid_{k}" for k in METRICS] if hybrid else []),
+            "valid_ndcg@20", "best_epoch", "epochs_run",
             "seconds_per_epoch", "train_seconds_total", "peak_rss_mb", "encoder", "commit", "config_hash", "run_dir"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")                # plain lines: shell tools see no trailing \r
@@ -122,6 +124,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         for r in rows:
             m, j = r["metrics"], r["job"]
             w.writerow([j.label, j.model, j.dataset, j.seed, *[m["test"][k] for k in METRICS],
+                        *([m.get("test_hybrid", {}).get(k) for k in METRICS] if hybrid else []),
                         m["valid"]["ndcg@20"], m["best_epoch"], m["epochs_run"], m["seconds_per_epoch"],
                         m.get("train_seconds_total"), m["peak_rss_mb"], m.get("encoder"), m.get("commit"),
                         m.get("config_hash"), str(r["run_dir"])])

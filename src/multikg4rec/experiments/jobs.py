@@ -27,7 +27,9 @@ TABLE2_MODELS: list[str] = SPEC["table2_models"]
 KG_FREE: set[str] = set(SPEC["kg_free"])
 DATASETS_WITH_KG: set[str] = set(SPEC["datasets_with_kg"])
 TABLE_RECIPES: dict[str, dict] = SPEC["recipes"]
-TABLES = ("table2", "table3", "table4")
+TABLES = ("table2", "table3", "table4", "coldstart")
+#: the cold-start table's rows (label, model, overrides) and the recipe every row adds
+COLDSTART: dict = SPEC["coldstart"]
 
 
 @dataclass
@@ -90,10 +92,30 @@ def _has_kg(dataset: str, common: dict) -> bool:
     cfg = load_config("bprmf", dataset, None, common)
     return load_dataset(dataset, cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir")).has_kg
 
+def coldstart_jobs(datasets: list[str], seeds: list[int], models: list[str] | None = None) -> list[Job]:
+    """The cold-start table's jobs: every row of ``paper.yaml``'s ``coldstart`` under its recipe (``split:
+    cold_item``); ``models`` keeps the rows whose label or model is named (a model name keeps all its rows)."""
+    rows = [(lab, m, ov) for lab, m, ov in COLDSTART["rows"] if models is None or lab in models or m in models]
+    if models is not None:
+        known = {lab for lab, _, _ in COLDSTART["rows"]} | {m for _, m, _ in COLDSTART["rows"]}
+        if unknown := [m for m in models if m not in known]:
+            raise UserError(f"coldstart has no row {unknown[0]!r}; rows: {', '.join(lab for lab, _, _ in COLDSTART['rows'])}")
+    return [Job(lab, m, d, s, dict(ov or {}), dict(COLDSTART["recipe"]))
+            for d in datasets for s in seeds for lab, m, ov in rows]
+
+
+def jobs_for(table: str, datasets: list[str], seeds: list[int], common: dict,
+             models: list[str] | None = None) -> list[Job]:
+    """The jobs of any table ``reproduce`` knows."""
+    if table == "coldstart":
+        return coldstart_jobs(datasets, seeds, models)
+    return table_jobs(table, datasets, seeds, common, models)
+
+
 def _in_table_order(table: str, rows: list[dict], datasets: list[str], common: dict) -> list[dict]:
     """Rows sorted as the table lists its jobs (``datasets`` first, in that order, then any new ones; seed;
     model/variant); unknown labels last."""
     datasets = list(dict.fromkeys([*datasets, *(r["job"].dataset for r in rows)]))
     seeds = sorted({r["job"].seed for r in rows})
-    order = {(j.label, j.dataset, j.seed): i for i, j in enumerate(table_jobs(table, datasets, seeds, common))}
+    order = {(j.label, j.dataset, j.seed): i for i, j in enumerate(jobs_for(table, datasets, seeds, common))}
     return sorted(rows, key=lambda r: order.get((r["job"].label, r["job"].dataset, r["job"].seed), len(order)))

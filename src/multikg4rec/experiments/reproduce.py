@@ -11,7 +11,8 @@ from pathlib import Path
 from ..errors import UserError
 from .archive import archive_runs, collect, earlier_rows, write_csv
 from .figure4 import figure4
-from .jobs import _in_table_order, table_jobs
+from .coldstart import summarize_coldstart
+from .jobs import _in_table_order, jobs_for
 from .plan import plan
 from .reports import summarize
 from .scheduler import run_jobs, run_jobs_parallel
@@ -28,7 +29,7 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     if table == "fig4":
         figure4(datasets, common, out, command=command)
         return out
-    jobs = table_jobs(table, datasets, seed_list, common, models)
+    jobs = jobs_for(table, datasets, seed_list, common, models)
     archive = Path(archive) if archive is not None else out_root / "runs"
     if only_plan:
         print(plan(jobs, common, archive, jobs_at_once))
@@ -47,5 +48,8 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     kept, datasets = earlier_rows(out / "runs.csv", rows)
     rows = _in_table_order(table, kept + rows, datasets, common)
     write_csv(rows, out / "runs.csv")
-    print(summarize(table, rows, out, command=command, planned=jobs))
+    if table == "coldstart":
+        print(summarize_coldstart(rows, out, command=command, planned=jobs))
+    else:
+        print(summarize(table, rows, out, command=command, planned=jobs))
     return out

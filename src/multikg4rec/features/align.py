@@ -128,6 +128,21 @@ def user_mean_features(dataset, x: torch.Tensor, mask: torch.Tensor) -> tuple[to
     return torch.from_numpy(np.asarray(feats, dtype=np.float32)), torch.from_numpy(cnt > 0)
 
 
+def item_content(features: dict, modalities: list[str], n_items: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One content row per item for the content baselines: each modality's row L2-normalised and scaled by
+    1/sqrt(#modalities), concatenated (a unit vector for an item with every modality, so inner products are
+    cosines). Returns ``(n_items, sum of d_m)`` and ``(n_items,)`` bool: the item has some content."""
+    rows, has = [], torch.zeros(n_items, dtype=torch.bool)
+    for m in modalities:
+        x, mask = features[m]
+        x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float32)[:n_items]
+        mask = torch.as_tensor(np.asarray(mask) if not torch.is_tensor(mask) else mask).bool()[:n_items]
+        x = torch.nn.functional.normalize(x, dim=1) * mask[:, None] / len(modalities) ** 0.5
+        rows.append(x)
+        has |= mask
+    return torch.cat(rows, 1), has
+
+
 def load_model_features(dataset, cfg: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The features a model's config asks for: ``cfg["modalities"]`` from the store of
     ``cfg["encoder"]`` (built on first use, cached after), aligned to ``dataset``'s entities."""

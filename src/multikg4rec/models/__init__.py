@@ -19,6 +19,8 @@ MODELS = {
     "convncf": "convncf",
     "mkgat": "mkgat",
     "multikg4rec": "multikg4rec",
+    "content_knn": "content_knn",
+    "dropoutnet": "dropoutnet",
 }
 
 

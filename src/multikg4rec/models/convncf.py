@@ -41,7 +41,7 @@ Choices (paper / the authors' release, duxy-me/ConvNCF):
 * Embeddings are initialised from BPR-MF, as the paper: ``pretrain_path`` names a
   BPR-MF run directory (its ``best_model.pt``) or the file itself; the sizes must
   match. ``auto`` (the default) takes the BPR-MF run of the same dataset, data
-  config, seed and ``output_dir`` (``bprmf_run_dir``: the directory
+  config, seed and ``output_dir`` (``pretrained.bprmf_run_dir``: the directory
   ``multikg4rec train --model bprmf`` with those settings writes; ``reproduce table2``
   trains it first). Without it the embeddings start from N(0, 0.01) (the release's init) and a
   warning says so; no in-model BPR-MF warm start is run.
@@ -62,7 +62,6 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -70,6 +69,7 @@ from torch.nn import functional as F
 
 from ..errors import UserError
 from .base import Recommender
+from .pretrained import bprmf_embeddings, bprmf_prerequisites
 
 log = logging.getLogger(__name__)
 
@@ -93,37 +93,6 @@ def morton_patch_index(d: int) -> tuple[torch.Tensor, torch.Tensor]:
     rows = (2 * a[:, None] + j[None, :] // 2).reshape(-1)
     cols = (2 * b[:, None] + j[None, :] % 2).reshape(-1)
     return rows, cols
-
-
-def bprmf_config(config: dict) -> dict:
-    """The config of the default BPR-MF run that matches ``config``'s dataset, data
-    preprocessing, seed, embedding size and output root (``pretrain_path: auto``)."""
-    from ..config import load_config
-    from ..data.dataset import DATA_KEYS
-    keep = ("seed", "embedding_size", "output_dir", "data_dir", "cache_dir", "threads", *DATA_KEYS)
-    return load_config("bprmf", config["dataset"], None, {k: config[k] for k in keep if k in config})
-
-
-def prerequisites(config: dict) -> list[dict]:
-    """Runs that must have finished (with their checkpoint) before this ConvNCF run can start:
-    its BPR-MF initialisation under ``pretrain_path: auto`` when that run is not on this
-    machine (a sweep trains it first; an archived copy in ``results/runs/`` has no checkpoint)."""
-    from ..rundir import run_dir_for
-    if str(config.get("pretrain_path")) != "auto":
-        return []
-    cfg = bprmf_config(config)
-    return [] if (run_dir_for(cfg) / "best_model.pt").is_file() else [cfg]
-
-
-def bprmf_run_dir(config: dict):
-    """The run directory of :func:`bprmf_config`'s run; an error if it has not finished here."""
-    from ..rundir import run_dir_for
-    run_dir = run_dir_for(bprmf_config(config))
-    if not (run_dir / "best_model.pt").is_file():
-        raise UserError(f"convncf: pretrain_path auto: no finished BPR-MF run at {run_dir}; train it first: "
-                        f"multikg4rec train --model bprmf --dataset {config['dataset']} --seed {config['seed']} "
-                        f"(or set pretrain_path to a BPR-MF run directory, or null for a random start)")
-    return run_dir
 
 
 def _relu_grad_(grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -211,7 +180,7 @@ class _FirstTwoLayers(torch.autograd.Function):
 
 class ConvNCF(Recommender):
     name = "convncf"
-    prerequisites = classmethod(lambda cls, config: prerequisites(config))
+    prerequisites = classmethod(lambda cls, config: bprmf_prerequisites(config))   # its BPR-MF start
 
     #: floats of first-layer activations per chunk of pairs in full_sort_predict
     EVAL_BLOCK = 1 << 19
@@ -258,7 +227,7 @@ class ConvNCF(Recommender):
         self.register_buffer("patch_cols", cols, persistent=False)
         if config.get("pretrain_path"):
             path = config["pretrain_path"]
-            self.load_pretrained(bprmf_run_dir(config) if str(path) == "auto" else path)
+            self.load_pretrained(path)
         else:
             log.warning("convncf: no pretrain_path: embeddings start at random (the paper initialises them "
                         "from BPR-MF; train `bprmf` first and pass its run directory)")
@@ -274,22 +243,11 @@ class ConvNCF(Recommender):
 
     def load_pretrained(self, path) -> None:
         """Copy user/item embeddings from a BPR-MF ``best_model.pt`` (or its run directory)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "best_model.pt"
-        if not path.is_file():
-            raise UserError(f"convncf: pretrain_path {path} is not a BPR-MF best_model.pt")
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        state = state.get("model", state)
-        for name in ("user_emb", "item_emb"):
-            w = state.get(f"{name}.weight")
-            ours = getattr(self, name).weight
-            if w is None or tuple(w.shape) != tuple(ours.shape):
-                got = None if w is None else tuple(w.shape)
-                raise UserError(f"convncf: {path} has {name}.weight of shape {got}, this model needs "
-                                f"{tuple(ours.shape)} (same dataset and embedding_size as the BPR-MF run)")
-            with torch.no_grad():
-                ours.copy_(w)
+        u, i = bprmf_embeddings({**self.config, "pretrain_path": path}, self.user_emb.weight.shape,
+                                self.item_emb.weight.shape)
+        with torch.no_grad():
+            self.user_emb.weight.copy_(u)
+            self.item_emb.weight.copy_(i)
         log.info("convncf: embeddings initialised from %s", path)
 
     def interaction_map(self, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
