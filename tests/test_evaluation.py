@@ -385,3 +385,21 @@ def test_against_plain_python_reference(kind):
     assert set(got) == set(want)
     for k in want:
         assert got[k] == pytest.approx(want[k], abs=1e-12), k
+
+
+def test_metrics_by_popularity_against_a_hand_ranked_case():
+    """Relevant items split by their train popularity: each bucket's NDCG@2 / Recall@2 over the users that have
+    a relevant item in it, on the same full ranking."""
+    from multikg4rec.evaluation import metrics_by_popularity
+    counts = np.array([3, 50, 200, 7, 1])                   # buckets: 1-5: items 0, 4; 6-20: 3; 21-100: 1; >100: 2
+    target = sp.csr_matrix(np.array([[1, 1, 0, 0, 1],       # user 0: items 0, 1, 4
+                                     [0, 0, 1, 1, 0]], dtype=np.float32))   # user 1: items 2, 3
+    topk = np.array([[4, 2, 0], [3, 1, 2]])                 # full rankings, best first
+    out = metrics_by_popularity(topk, np.array([0, 1]), target, counts, k=2)
+    d = 1 / np.log2(3)
+    # 1-5: user 0 only (items 0 and 4); its top-2 = [4, 2]: hit at rank 1 -> DCG 1, IDCG 1 + d
+    assert out["1-5"] == {"ndcg@2": pytest.approx(1 / (1 + d)), "recall@2": 0.5, "users": 1, "items": 2}
+    # 6-20: user 1 (item 3), hit at rank 1
+    assert out["6-20"]["ndcg@2"] == 1.0 and out["6-20"]["recall@2"] == 1.0
+    # 21-100: user 0 (item 1) not in its top-2; >100: user 1 (item 2) not in its top-2 ([3, 1])
+    assert out["21-100"]["ndcg@2"] == 0.0 and out[">100"]["recall@2"] == 0.0 and out[">100"]["users"] == 1

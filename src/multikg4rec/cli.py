@@ -169,7 +169,7 @@ def _add_jobs_argument(p) -> None:
 def cmd_reproduce(args, rest) -> int:
     from .experiments import launch_background, reproduce, status
     if args.table == "status":
-        for t in args.datasets or ["table2", "table3", "table4"]:
+        for t in args.datasets or ["table2", "table3", "table4", "coldstart"]:
             print(status(t, Path(args.results)))
         return 0
     if args.background and not args.plan:

@@ -165,6 +165,51 @@ def _rank(scores: torch.Tensor, ex_flat: torch.Tensor | None, k: int, users: np.
     return top_idx, valid
 
 
+# --------------------------------------------------------------------------- by item popularity
+
+#: train-interaction counts of an item: the buckets of the sparse-item breakdown (an upper bound None: open)
+POPULARITY_BUCKETS = ((1, 5), (6, 20), (21, 100), (101, None))
+
+
+def _bucket_name(lo: int, hi: int | None) -> str:
+    return f"{lo}-{hi}" if hi is not None else f">{lo - 1}"
+
+
+def metrics_by_popularity(topk: np.ndarray, users: np.ndarray, target: sp.csr_matrix, train_counts: np.ndarray,
+                          k: int = 20) -> dict[str, dict]:
+    """NDCG@k and Recall@k by the popularity of the relevant items: for each bucket of train-interaction counts
+    (:data:`POPULARITY_BUCKETS`), a user's relevant items are its target items in that bucket, and the ranking is
+    the user's full ranking (``topk``: (U, >= k) item ids in rank order, -1 for none; ``users``: (U,) its users).
+    Averaged over the users with at least one relevant item in the bucket; IDCG from min(|Rel_u|, k).
+    Returns ``{bucket: {"ndcg@k", "recall@k", "users", "items"}}``."""
+    target = sp.csr_matrix(target)
+    top = np.asarray(topk)[:, :k]
+    counts = np.asarray(train_counts)
+    disc = 1.0 / np.log2(np.arange(2, k + 2))
+    idcg = np.cumsum(disc)
+    rows = target[users]
+    keys_t = np.sort(np.repeat(np.arange(len(users)), np.diff(rows.indptr)).astype(np.int64) * target.shape[1]
+                     + rows.indices)
+    q = np.arange(len(users))[:, None].astype(np.int64) * target.shape[1] + np.maximum(top, 0)
+    pos = np.clip(np.searchsorted(keys_t, q), 0, max(len(keys_t) - 1, 0))
+    is_rel = (keys_t[pos] == q) & (top >= 0) if len(keys_t) else np.zeros(top.shape, dtype=bool)
+    top_count = counts[np.maximum(top, 0)]
+    out = {}
+    for lo, hi in POPULARITY_BUCKETS:
+        in_b = (counts >= lo) & (counts <= hi if hi is not None else True)
+        n_rel = np.asarray(rows[:, in_b].sum(axis=1)).ravel()
+        hits = is_rel & (top_count >= lo) & ((top_count <= hi) if hi is not None else True) & (top >= 0)
+        ev = n_rel > 0
+        if not ev.any():
+            continue
+        dcg = (hits * disc).sum(1)
+        nd = dcg[ev] / idcg[np.minimum(n_rel[ev], k).astype(int) - 1]
+        rec = hits.sum(1)[ev] / n_rel[ev]
+        out[_bucket_name(lo, hi)] = {f"ndcg@{k}": float(nd.mean()), f"recall@{k}": float(rec.mean()),
+                                    "users": int(ev.sum()), "items": int(in_b.sum())}
+    return out
+
+
 # --------------------------------------------------------------------------- evaluator
 
 class Evaluator:

@@ -24,7 +24,7 @@ from .config import config_hash
 from .data import Dataset, load_dataset
 from .data.dataset import COLD_TEST, COLD_VALID, WARM
 from .errors import Interrupted, UserError
-from .evaluation import Evaluator, format_metrics
+from .evaluation import Evaluator, format_metrics, metrics_by_popularity
 from .models import Recommender, build_model, get_model_class, model_features
 from .rundir import RunResult, atomic_save
 from .runtime import peak_rss_mb, reset_peak_rss, seed_everything
@@ -256,7 +256,10 @@ class Trainer:
         test = self.evaluate("test", return_per_user=True, topk=int(self.config["save_topk"]))
         ds = self.dataset
         rundir.write_test_exports(self.run_dir, ds, test)
-        extra = {}
+        # the sparse-item breakdown: test NDCG@20 / Recall@20 by the train popularity of the relevant items
+        extra = {"test_by_popularity": metrics_by_popularity(
+            test.topk, test.topk_users, ds.csr("test"), np.bincount(ds.train[:, 1], minlength=ds.n_items))} \
+            if not ds.is_cold and int(self.config["save_topk"]) >= 20 else {}
         if ds.is_cold:                                   # the new items among the warm ones
             hybrid = self.evaluate("test_hybrid", return_per_user=True, topk=int(self.config["save_topk"]))
             rundir.write_test_exports(self.run_dir, ds, hybrid, suffix="_hybrid")

@@ -155,7 +155,7 @@ def launch_background(argv: list[str], out: Path) -> int:
                          start_new_session=True, env=os.environ.copy())
     (out / "sweep.pid").write_text(str(p.pid))
     print(f"started in the background (pid {p.pid}); log: {out / 'sweep.log'}; "
-          f"progress: multikg4rec reproduce status {out.name}")
+          f"progress: multikg4rec reproduce status --datasets {out.name}")
     return 0
 
 def status(table: str, out_root: Path = Path("results")) -> str:
