@@ -501,3 +501,18 @@ def test_the_fault_table_in_the_docs_counts_the_cases_here():
     rows = [ln for ln in doc.splitlines() if ln.startswith("| ") and not ln.startswith("| input")
             and not ln.startswith("| ---")]
     assert len(rows) >= 50
+
+
+def test_a_failed_recommend_write_leaves_the_earlier_file_whole(world, tmp_path, capsys, monkeypatch):
+    """--out is written to a temporary file and renamed: a write that fails midway keeps the earlier file."""
+    import pandas as pd
+    out = tmp_path / "recs.tsv"
+    out.write_text("the earlier recommendations\n")
+
+    def full_disk(self, path, *a, **kw):
+        Path(path).write_text("half a fi")
+        raise OSError(28, "No space left on device", str(path))
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full_disk)
+    rc, err = _run(["recommend", "--run", world["bprmf"], "--users", "1", "--out", out], capsys)
+    assert rc == 1 and "disk is full" in _one_line(err, "recs.tsv")
+    assert out.read_text() == "the earlier recommendations\n" and not (tmp_path / "recs.tsv.tmp").exists()

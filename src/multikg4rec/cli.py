@@ -136,7 +136,20 @@ def cmd_recommend(args, rest) -> int:
     recs = recommend(args.run, None if args.all_users else args.users, k=args.k, exclude=args.exclude,
                      labels=not args.no_labels, data_dir=args.data_dir)
     if args.out:
-        recs.to_csv(args.out, sep="\t", index=False)
+        out = Path(args.out)
+        if out.exists() and not out.is_file() and not out.is_dir():
+            recs.to_csv(out, sep="\t", index=False)          # a device or a pipe: written as it is
+        else:                                                   # a file: whole or not at all (temp + rename)
+            tmp = out.with_name(out.name + ".tmp")
+            try:
+                recs.to_csv(tmp, sep="\t", index=False)
+            except OSError:
+                tmp.unlink(missing_ok=True)
+                raise
+            if out.is_dir():
+                tmp.unlink()
+                raise IsADirectoryError(21, "Is a directory", str(out))
+            os.replace(tmp, out)
         print(f"wrote {len(recs)} recommendations for {recs['user'].nunique()} users to {args.out}")
     else:
         print(recs.to_csv(sep="\t", index=False, float_format="%.6g"), end="")
