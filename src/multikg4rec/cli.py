@@ -156,6 +156,29 @@ def cmd_recommend(args, rest) -> int:
     return 0
 
 
+def cmd_export(args, rest) -> int:
+    from .bundle import export
+    out = export(args.run, args.out, data_dir=args.data_dir)
+    print(f"wrote the bundle {out} (serve it: multikg4rec serve --bundle {out})")
+    return 0
+
+
+def cmd_serve(args, rest) -> int:
+    from .serve import serve
+    if args.run and args.bundle:
+        raise UserError("serve takes --bundle or --run, not both")
+    bundle = args.bundle
+    if args.run:                                   # export next to the run once, then serve that
+        from .bundle import export
+        bundle = Path(args.run) / "bundle"
+        if not (bundle / "manifest.json").is_file():
+            export(args.run, bundle, data_dir=args.data_dir)
+    if not bundle:
+        raise UserError("name what to serve: --bundle BUNDLE (multikg4rec export) or --run RUN")
+    serve(bundle, host=args.host, port=args.port)
+    return 0
+
+
 def _common_overrides(args, rest) -> dict:
     common = _parse_overrides(rest)
     for key in ("data_dir", "cache_dir", "output_dir", "threads"):
@@ -299,6 +322,25 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     rc.add_argument("--data-dir", help="data root: item titles (the run answers from its own copy of its data; "
                                        "runs made before runs kept one are rebuilt from here)")
     rc.set_defaults(func=cmd_recommend)
+
+    ex = sub.add_parser("export", help="a self-contained bundle of a trained run, for serving",
+                        description="Write a bundle folder: the scoring rows, weights (state dict only), the run's "
+                                    "data, titles and posters, a manifest with checksums. It loads with no data "
+                                    "folder and no pickle (docs/serving.md).")
+    ex.add_argument("--run", required=True, help="a finished run directory")
+    ex.add_argument("--out", required=True, help="the bundle folder to write (new or empty)")
+    ex.add_argument("--data-dir", help="data root, for item titles and posters (default: the run's)")
+    ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve a bundle over HTTP: recommend, explain, add items, a web page",
+                        description="Start the HTTP API (FastAPI + uvicorn) and the web page at http://HOST:PORT/; "
+                                    "API docs at /docs. Bound to 127.0.0.1 unless --host says otherwise.")
+    sv.add_argument("--bundle", help="a bundle folder (multikg4rec export)")
+    sv.add_argument("--run", help="a finished run: exported to RUN/bundle on first use, then served")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_at_least_one, default=8000, help="port (default 8000)")
+    sv.add_argument("--data-dir", help="with --run: data root for titles and posters")
+    sv.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("reproduce", help="the paper's tables/figure as resumable sweeps (results/<table>/)",
                        description="Run (or resume) every run a table needs, then write results/<table>/: runs.csv, "

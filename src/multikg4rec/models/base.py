@@ -92,6 +92,11 @@ class Recommender(nn.Module):
         with torch.no_grad():
             self._eval_cache = self.final_embeddings()
 
+    def scoring_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """After ``prepare_eval``: the ``(n_users, D)`` and ``(n_items, D)`` rows whose inner products are the
+        scores (what an export serves), or None for a model that does not score that way (KGCN, ConvNCF)."""
+        return self._eval_cache if isinstance(self._eval_cache, tuple) and len(self._eval_cache) == 2 else None
+
     def train(self, mode: bool = True):
         if mode:
             self._eval_cache = None

@@ -216,6 +216,9 @@ class KGCN(Recommender):
     def prepare_eval(self):
         self._eval_cache = self._tree_levels()
 
+    def scoring_rows(self):
+        return None                                        # user-specific aggregation: no inner-product rows
+
     def _first_iteration_terms(self, levels):
         """The user-independent parts of iteration 0 on N_{H-1}: ``W_self v + b``
         (n, 1, d) and the neighbours' ``W e`` (n, K, d), computed once per evaluation."""

@@ -1,0 +1,164 @@
+"""Load and fault benchmark of `multikg4rec serve`, on loopback only, bounded in count and time.
+
+For each bundle: 1 / 8 / 32 concurrent clients send GET /recommend (random users) and POST /recommend
+(random 5-item sessions); requests/s, p50 / p99 latency, failures, and the server's peak RSS. With a bundle
+whose model embeds new items (content_knn): the time from POST /items to the item in a GET /recommend,
+items added while GET traffic runs (no request may fail), and a SIGKILL + restart that must serve every item
+added before the kill.
+
+    python bench/bench_serve.py --bundle B1 [B2 ...] [--requests 2000] [--seconds 20] [--write bench/results/serve.md]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(bundle: Path):
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "multikg4rec.cli", "serve", "--bundle", str(bundle), "--port", str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return p, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise RuntimeError(p.stderr.read().decode() if p.poll() is not None else "server did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def load(url: str, make_request, clients: int, n: int, seconds: float) -> dict:
+    """``n`` requests (at most ``seconds``) from ``clients`` threads, each with its own keep-alive client."""
+    lat, fails, count = [], [0], [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + seconds
+
+    def worker(k):
+        rng = np.random.default_rng(k)
+        with httpx.Client(base_url=url, timeout=30) as c:
+            while True:
+                with lock:
+                    if count[0] >= n or time.perf_counter() > stop_at:
+                        return
+                    count[0] += 1
+                t0 = time.perf_counter()
+                try:
+                    bad = make_request(c, rng).status_code >= 400
+                except httpx.HTTPError:                      # a reset or a timeout is a failed request
+                    bad = True
+                dt = time.perf_counter() - t0
+                with lock:
+                    lat.append(dt)
+                    fails[0] += bad
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(clients) as ex:
+        list(ex.map(worker, range(clients)))
+    wall = time.perf_counter() - t0
+    a = np.array(lat) * 1e3
+    return {"requests": len(a), "rps": len(a) / wall, "p50": float(np.percentile(a, 50)),
+            "p99": float(np.percentile(a, 99)), "failed": fails[0]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bundle", nargs="+", type=Path, required=True)
+    ap.add_argument("--requests", type=int, default=2000, help="per (endpoint, clients) cell (default 2000)")
+    ap.add_argument("--seconds", type=float, default=20.0, help="time cap per cell (default 20)")
+    ap.add_argument("--write", type=Path)
+    args = ap.parse_args()
+    lines = ["# `multikg4rec serve` under load", "",
+             f"`python bench/bench_serve.py --bundle {' '.join(str(b) for b in args.bundle)} --requests {args.requests} "
+             f"--seconds {args.seconds}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+             f"{os.cpu_count()} cores (the client threads share them with the server), loopback only.", "",
+             "| bundle | endpoint | clients | requests | req/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|---|"]
+    notes = []
+    for b in args.bundle:
+        (b / "journal.jsonl").unlink(missing_ok=True)             # items a crashed earlier call added
+        proc, url = start(b)
+        h = httpx.get(url + "/health").json()
+        users = [str(u) for u in range(1, 50)]
+        items = [it["item"] for it in httpx.get(url + "/items?q=&limit=200").json()["items"]]
+
+        def get_rec(c, rng):
+            return c.get(f"/recommend?user={users[rng.integers(len(users))]}&k=20")
+
+        def post_rec(c, rng):
+            return c.post("/recommend", json={"items": list(rng.choice(items, 5, replace=False)), "k": 20})
+        for name, fn in (("GET /recommend", get_rec), ("POST /recommend", post_rec)):
+            for clients in (1, 8, 32):
+                r = load(url, fn, clients, args.requests, args.seconds)
+                print(b.name, name, clients, {k: round(v, 1) for k, v in r.items()}, flush=True)
+                lines.append(f"| {b.name} ({h['model']}) | {name} | {clients} | {r['requests']} | {r['rps']:.0f} | "
+                             f"{r['p50']:.1f} | {r['p99']:.1f} | {r['failed']} |")
+        can_add = httpx.get(url + "/models").json()[0]["can_add_items"]
+        if can_add:
+            t0 = time.perf_counter()
+            httpx.post(url + "/items", json={"item": "bench-new-0", "text": "A new film. Genres: Drama."}, timeout=120)
+            first = time.perf_counter() - t0                       # includes loading the encoder once
+            t0 = time.perf_counter()
+            httpx.post(url + "/items", json={"item": "bench-new-1", "text": "Another film. Genres: Comedy."})
+            n_now = httpx.get(url + "/health").json()["items"]
+            ok = any(it["item"] == "bench-new-1" for it in
+                     httpx.get(url + f"/recommend?user=1&k={n_now}").json()["items"])
+            second = time.perf_counter() - t0
+            adder_fail = [0]
+
+            def adder():
+                for k in range(2, 22):
+                    adder_fail[0] += httpx.post(url + "/items", json={"item": f"bench-new-{k}", "text": f"Film {k}."},
+                                                timeout=60).status_code >= 400
+            t = threading.Thread(target=adder)
+            t.start()
+            r = load(url, get_rec, 8, args.requests, args.seconds)
+            t.join()
+            rss = peak_rss_mb(proc.pid)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc, url = start(b)
+            all_back = sum(1 for k in range(22) if f"bench-new-{k}" in
+                           {it["item"] for it in httpx.get(url + f"/recommend?user=1&k={httpx.get(url + '/health').json()['items']}").json()["items"]})
+            notes.append(f"* {b.name}: a new item recommendable {second * 1e3:.0f} ms after its POST (the first POST, "
+                         f"which loads the text encoder: {first:.1f} s); recommendable at once: {ok}. While 20 items "
+                         f"were added, 8 clients sent {r['requests']} GET /recommend: {r['failed']} failed, "
+                         f"{adder_fail[0]} adds failed. After SIGKILL and a restart, {all_back} of the 22 added items "
+                         f"are served. Peak RSS {rss:.0f} MB.")
+            (b / "journal.jsonl").unlink(missing_ok=True)
+        else:
+            notes.append(f"* {b.name}: peak RSS {peak_rss_mb(proc.pid):.0f} MB; {h['model']} answers POST /items "
+                         f"with 409 (it cannot embed an unseen item).")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait()
+    text = "\n".join(lines + [""] + notes) + "\n"
+    print(text)
+    if args.write:
+        args.write.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,406 @@
+"""``multikg4rec serve --bundle BUNDLE``: an HTTP API and a web page over an exported run (FastAPI + uvicorn).
+
+Endpoints (by original ids; OpenAPI docs at ``/docs``):
+
+* ``GET /health``, ``GET /models``: what is loaded, its metrics and data fingerprint;
+* ``GET /recommend?user=U&k=20&exclude=all``: the top-K of ``multikg4rec recommend`` (the same ranking:
+  ``Evaluator.ranked``, ties to the lower item id, the user's known items left out);
+* ``POST /recommend`` ``{"items": [...], "k": 20}``: the top-K for an anonymous profile of those items, by
+  the model's fold-in rule (``FOLD_IN``);
+* ``GET /items?q=...``: title search; ``POST /items``: add a new item from its content (models that embed
+  unseen items from content; others answer 409 with the reason); added items persist in the bundle's
+  ``journal.jsonl`` and are replayed on start;
+* ``GET /explain?user=U&item=I``: per-modality shares (Multi-KG4Rec) and the top KG paths linking the user's
+  items to I, ranked by the product of the model's attention weights along the path;
+* ``GET /``: the web page; ``GET /catalogue/<file>``: a poster of the bundle's catalogue (nothing else is
+  ever read from disk).
+
+Bad requests are a JSON 4xx naming the field: an unknown user or item 404, ``k`` out of range 422, a body
+over ``MAX_BODY`` bytes 413.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel, Field
+
+from .bundle import Bundle
+from .errors import UserError
+from .evaluation import Evaluator
+
+#: the known interactions ``exclude`` leaves out, as ``multikg4rec recommend``
+EXCLUDE = {"all": ("train", "valid", "test"), "train+valid": ("train", "valid"), "train": ("train",), "none": ()}
+#: largest request body accepted (a session's item list, a new item's text)
+MAX_BODY = 1 << 20
+#: how each model scores an anonymous profile (POST /recommend)
+FOLD_IN = {
+    "content_knn": "exact: the profile is the mean of the items' content rows, the model's own user rule",
+    "default": "approximation: the profile is the mean of the items' scoring rows (the model's final item "
+               "embeddings); the model's user rule (an ID row, or a CKG user node) needs a trained user",
+}
+#: models that embed an unseen item from its content alone (POST /items)
+CONTENT_MODELS = ("content_knn",)
+
+
+class Session(BaseModel):
+    """POST /recommend: an anonymous profile."""
+    items: list[str] = Field(..., min_length=1, max_length=10000, description="original item ids")
+    k: int = 20
+
+
+class NewItem(BaseModel):
+    """POST /items: a new item's content."""
+    item: str = Field(..., min_length=1, max_length=200)
+    text: str | None = Field(None, max_length=20000)
+    image: str | None = Field(None, description="a file of the bundle's catalogue/")
+    links: list[str] = Field(default_factory=list, description="KG entities the item links to")
+
+
+class Service:
+    """The loaded bundle and everything a request reads: the scoring rows, the exclusion sets, the catalogue."""
+
+    def __init__(self, bundle_path: str | Path):
+        self.bundle = Bundle(bundle_path)
+        ds = self.bundle.dataset
+        self.name = self.bundle.manifest["model"]
+        self.lock = threading.Lock()
+        self.user_index = {str(t): k for k, t in enumerate(ds.user_tokens)}
+        self.item_tokens = [str(t) for t in ds.item_tokens]
+        self.item_index = {t: k for k, t in enumerate(self.item_tokens)}
+        self.titles = dict(self.bundle.catalogue.get("titles", {}))
+        self.images = dict(self.bundle.catalogue.get("images", {}))
+        self.n_base = ds.n_items
+        self.evaluator = Evaluator(ds.n_items, batch_size=64)
+        self.exclusions = {k: self.evaluator.exclusion([ds.csr(s) for s in v], ds.n_users) if v else None
+                           for k, v in EXCLUDE.items()}
+        self.train_csr = ds.csr("train")
+        self.added: list[dict] = []
+        self.extra_rows = None                           # (n_added, D) item rows of added items
+        self.journal = self.bundle.path / "journal.jsonl"
+        self._replay()
+
+    # ---- scoring
+    def _item_rows(self) -> torch.Tensor | None:
+        """Every item's scoring row, the added ones last: one read of ``extra_rows`` (replaced, never changed
+        in place, after the tokens it needs), so a request racing an added item sees a consistent catalogue."""
+        rows, extra = self.bundle.item_rows, self.extra_rows
+        if rows is None:
+            return None
+        return rows if extra is None else torch.cat([rows, extra])
+
+    def rank(self, user_vec: torch.Tensor | None, user: int | None, k: int, exclude_items=None,
+             exclude: str = "all") -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item ids and scores for internal ``user`` (a trained user) or ``user_vec`` (a profile), the
+        user's known items (``exclude``) and ``exclude_items`` left out: the evaluator's ranking."""
+        items = self._item_rows()
+        n = self.n_base if items is None else items.shape[0]
+        if user is not None and items is None:          # KGCN / ConvNCF: the rebuilt model scores
+            scores = self.bundle.scores(torch.tensor([user]))
+        else:
+            scores = (self.bundle.user_rows[user:user + 1] if user is not None else user_vec[None, :]) @ items.T
+        if user is not None and n == self.n_base and exclude_items is None:
+            ev, exc, batch = self.evaluator, self.exclusions[exclude], np.array([user])   # `recommend`'s sets
+        else:                                           # a profile, or a catalogue with added items
+            ev, batch = Evaluator(n, batch_size=1), np.array([0])
+            rows = np.zeros(0, dtype=np.int64)
+            if user is not None:
+                rows = np.concatenate([rows] + [(m := self.bundle.dataset.csr(s)).indices[m.indptr[user]:m.indptr[user + 1]]
+                                                for s in EXCLUDE[exclude]]).astype(np.int64)
+            if exclude_items is not None:
+                rows = np.union1d(rows, exclude_items).astype(np.int64)
+            exc = ev.exclusion(sp.csr_matrix((np.ones(len(rows), np.float32), (np.zeros(len(rows), np.int64), rows)),
+                                             shape=(1, n)), 1)
+        for _, top, valid, top_scores in ev.ranked(lambda u: scores, batch, min(k, n), exc):
+            keep = valid[0].numpy()
+            return top[0].numpy()[keep], top_scores[0].double().numpy()[keep]
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+
+    def profile(self, items: list[int]) -> torch.Tensor:
+        """The fold-in row of an anonymous profile (``FOLD_IN``)."""
+        rows = self._item_rows()
+        if rows is None:
+            raise LookupError(f"{self.name} does not score by inner products: no fold-in for an anonymous profile")
+        return rows[items].mean(0)              # content_knn: exactly its user rule; others: FOLD_IN["default"]
+
+    def item_json(self, i: int, score: float | None = None, rank: int | None = None) -> dict:
+        tok = self.item_tokens[i]
+        out = {"item": tok, "title": self.titles.get(tok, ""),
+               "image": f"/catalogue/{self.images[tok]}" if tok in self.images else None}
+        if rank is not None:
+            out |= {"rank": rank, "score": float(score)}
+        return out
+
+    # ---- adding items
+    def can_add_items(self) -> tuple[bool, str]:
+        if self.name in CONTENT_MODELS:
+            return True, "the item is embedded from its content (text, image), as the cold-start evaluation does"
+        return False, (f"{self.name} cannot embed an unseen item from the request alone in this version: an ID model "
+                       f"has no row for it, and a KG / multimodal model needs it added to its graph "
+                       f"(see docs/serving.md)")
+
+    def encode_item(self, text: str | None, image: str | None) -> torch.Tensor:
+        """The content row of a new item, as the feature store and ``item_content`` would make it."""
+        from .features import make_encoder
+        from .features.store import _normalise
+        cfg = self.bundle.config
+        if not hasattr(self, "_encoder"):
+            self._encoder = make_encoder(cfg["encoder"])
+            self._encoder.load()
+        mods = [str(m) for m in cfg["modalities"]]
+        raw = {"text": text, "image": image}
+        feats = {}
+        for part in self._encoder.parts.values():
+            if part.modality in mods and raw.get(part.modality):
+                x = np.asarray(part.encode([part.prepare(raw[part.modality])]), dtype=np.float32)
+                feats[part.modality] = (_normalise(x) if self._encoder.normalize else x)[0]
+        if not feats:
+            raise ValueError(f"the item needs content in one of the model's modalities {mods}")
+        from .features.align import item_content
+        full = {m: (torch.from_numpy(feats[m])[None, :] if m in feats else
+                    torch.zeros(1, self._dims()[m]), torch.tensor([m in feats])) for m in mods}
+        return item_content(full, mods, 1)[0][0]
+
+    def _dims(self) -> dict:
+        from .rundir import run_features
+        if not hasattr(self, "_dim_cache"):
+            self._dim_cache = {m: x.shape[1] for m, (x, _) in (run_features(self.bundle.path) or {}).items()}
+        return self._dim_cache
+
+    def add_item(self, item: str, text: str | None, image: str | None, row: torch.Tensor | None = None,
+                 persist: bool = True) -> int:
+        with self.lock:
+            if item in self.item_index:
+                raise KeyError(f"item {item!r} exists")
+            if row is None:
+                row = self.encode_item(text, image)
+            entry = {"item": item, "title": (text or "").splitlines()[0][:200] if text else "",
+                     "row": [float(x) for x in row]}
+            if persist:
+                with open(self.journal, "a", encoding="utf-8") as f:   # one line, flushed before it counts
+                    f.write(json.dumps(entry) + "\n")
+                    f.flush()
+            new = torch.tensor(entry["row"], dtype=torch.float32)[None, :]
+            idx = self.n_base + len(self.added)
+            self.item_tokens = self.item_tokens + [item]          # new objects, each swapped in at once:
+            self.item_index = {**self.item_index, item: idx}      # the tokens first, the rows last
+            self.titles = {**self.titles, item: entry["title"]}
+            self.added.append(entry)
+            self.extra_rows = new if self.extra_rows is None else torch.cat([self.extra_rows, new])
+            return idx
+
+    def _replay(self) -> None:
+        if not self.journal.is_file():
+            return
+        for n, line in enumerate(self.journal.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+                self.add_item(e["item"], None, None, row=torch.tensor(e["row"]), persist=False)
+                self.titles[e["item"]] = e.get("title", "")
+            except (ValueError, KeyError) as err:
+                if n == len(self.journal.read_text(encoding="utf-8").splitlines()):
+                    break                                # a last line cut by a kill: the item was never answered
+                raise UserError(f"{self.journal}:{n}: damaged journal line ({err}); remove the line") from None
+
+    # ---- explanations
+    def kg_paths(self, user: int, item: int, top: int = 5) -> list[dict]:
+        """The top paths user -> one of their train items -> a KG entity -> ``item``, scored by the product of
+        the attention weights of the three edges (uniform attention for a model without it)."""
+        ds = self.bundle.dataset
+        if not ds.has_kg or item >= self.n_base:
+            return []
+        if not hasattr(self, "_att"):
+            self._att = self._attention_matrix()
+        A, rel = self._att
+        u_node = ds.n_entities + user
+        mine = A[u_node].indices                         # the user's train items (interact edges)
+        w_u = A[u_node].toarray().ravel()[mine]
+        col = A[:, item].tocoo()                         # KG entities pointing to the item (not users)
+        keep = (col.row < ds.n_entities) & (col.row != item)
+        ents, w_e = col.row[keep], col.data[keep]
+        if not len(mine) or not len(ents):
+            return []
+        mid = A[mine][:, ents].toarray()                # (items of u) x (entities into item)
+        score = w_u[:, None] * mid * w_e[None, :]
+        flat = np.argsort(-score, axis=None, kind="stable")[:top]
+        out = []
+        for f in flat:
+            a, b = np.unravel_index(f, score.shape)
+            if score[a, b] <= 0:
+                break
+            via, ent = int(mine[a]), int(ents[b])
+            out.append({"score": float(score[a, b]),
+                        "path": [{"user": str(ds.user_tokens[user])},
+                                 {"item": self.item_tokens[via], "title": self.titles.get(self.item_tokens[via], ""),
+                                  "relation": "interact"},
+                                 {"entity": str(ds.entity_tokens[ent]) or f"item {self.item_tokens[ent]}",
+                                  "relation": self._rel_name(rel[via, ent])},
+                                 {"item": self.item_tokens[item], "title": self.titles.get(self.item_tokens[item], ""),
+                                  "relation": self._rel_name(rel[ent, item])}]})
+        return out
+
+    def _rel_name(self, stored) -> str:
+        """The name of a CKG relation id (stored + 1): 0 interact, 1..R the KG's, R + 1 interact^-1, then the
+        KG's inverses in the same order (``Dataset.ckg``)."""
+        ds = self.bundle.dataset
+        r, R = int(stored) - 1, ds.n_relations
+        if r == 0:
+            return "interact"
+        if 1 <= r <= R:
+            return str(ds.relation_tokens[r - 1])
+        if r == R + 1:
+            return "interact (inverse)"
+        return f"{ds.relation_tokens[r - R - 2]} (inverse)"
+
+    def _attention_matrix(self):
+        ds = self.bundle.dataset
+        ckg = ds.ckg()
+        n = ckg.n_nodes
+        head, tail, relation = ckg.head.numpy(), ckg.tail.numpy(), ckg.relation.numpy()
+        model = self.bundle.model or self.bundle.build_model()
+        self.bundle.model = model
+        tables = getattr(model, "attention_tables", ())
+        if tables:                                       # CSR order of the model's attention structure
+            st = model.attention.structure
+            v = np.mean([getattr(model, f"att_{t}").detach().numpy() for t in tables], axis=0)
+            A = sp.csr_matrix((v, (st.row.numpy(), st.col.numpy())), shape=(n, n))
+        else:
+            deg = np.bincount(head, minlength=n).astype(np.float64)
+            A = sp.csr_matrix((1.0 / deg[head], (head, tail)), shape=(n, n))
+        _, first = np.unique(head.astype(np.int64) * n + tail, return_index=True)   # one relation per pair
+        rel = sp.csr_matrix((relation[first] + 1, (head[first], tail[first])), shape=(n, n))   # +1: keep 0 stored
+        return A.tocsr(), rel
+
+    def modality_shares(self, user: int) -> dict | None:
+        if self.name != "multikg4rec":
+            return None
+        from .explain import modality_report
+        model = self.bundle.model or self.bundle.build_model()
+        self.bundle.model = model
+        rep = modality_report(model, user)
+        return {k: rep[k] for k in ("modality", "fusion", "score") if k in rep}
+
+
+def create_app(bundle_path: str | Path):
+    """The FastAPI app over one bundle."""
+    from fastapi import FastAPI, HTTPException, Query, Request
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+
+    svc = Service(bundle_path)
+    app = FastAPI(title="multikg4rec", version="1",
+                  description=f"{svc.name} on {svc.bundle.dataset.name}: recommend, explain, add items")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > MAX_BODY:
+            return JSONResponse({"detail": f"body: {size} bytes, at most {MAX_BODY}"}, status_code=413)
+        return await call_next(request)
+
+    def user_id(user: str) -> int:
+        if user not in svc.user_index:
+            raise HTTPException(404, detail=f"user: {user!r} is not a user of this model")
+        return svc.user_index[user]
+
+    def k_range(k: int) -> int:
+        n = len(svc.item_tokens)
+        if not 1 <= k <= n:
+            raise HTTPException(422, detail=f"k: must be from 1 to {n}, got {k}")
+        return k
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "model": svc.name, "dataset": svc.bundle.dataset.name,
+                "users": len(svc.user_index), "items": len(svc.item_tokens)}
+
+    @app.get("/models")
+    def models():
+        m = svc.bundle.manifest
+        ok, why = svc.can_add_items()
+        return [{"model": m["model"], "dataset": m["dataset"], "fingerprint": m["fingerprint"],
+                 "test": m["metrics"].get("test"), "created": m["created"], "fold_in": FOLD_IN.get(svc.name,
+                                                                                                 FOLD_IN["default"]),
+                 "can_add_items": ok, "add_items": why, "added_items": len(svc.added)}]
+
+    @app.get("/recommend")
+    def recommend_get(user: str, k: int = Query(20), exclude: str = Query("all", pattern="^(all|train\\+valid|train|none)$")):
+        u, k = user_id(user), k_range(k)
+        items, scores = svc.rank(None, u, k, exclude=exclude)
+        return {"user": user, "items": [svc.item_json(int(i), s, r + 1) for r, (i, s) in enumerate(zip(items, scores))]}
+
+    @app.post("/recommend")
+    def recommend_post(body: Session):
+        unknown = [i for i in body.items if i not in svc.item_index]
+        if unknown:
+            raise HTTPException(404, detail=f"items: {unknown[:5]} not in the catalogue")
+        k = k_range(body.k)
+        idx = [svc.item_index[i] for i in body.items]
+        try:
+            vec = svc.profile(idx)
+        except LookupError as e:
+            raise HTTPException(409, detail=str(e)) from None
+        items, scores = svc.rank(vec, None, k, exclude_items=np.array(idx))
+        return {"items": [svc.item_json(int(i), s, r + 1) for r, (i, s) in enumerate(zip(items, scores))],
+                "fold_in": FOLD_IN.get(svc.name, FOLD_IN["default"])}
+
+    @app.get("/items")
+    def items(q: str = Query("", max_length=200), limit: int = Query(20, ge=1, le=200)):
+        ql = q.lower()
+        hits = [i for i, t in enumerate(svc.item_tokens) if ql in svc.titles.get(t, "").lower() or ql == t.lower()]
+        return {"items": [svc.item_json(i) for i in hits[:limit]], "total": len(hits)}
+
+    @app.post("/items", status_code=201)
+    def add_item(body: NewItem):
+        ok, why = svc.can_add_items()
+        if not ok:
+            raise HTTPException(409, detail=why)
+        image = None
+        if body.image:
+            f = (svc.bundle.path / "catalogue" / Path(body.image).name)
+            if Path(body.image).name != body.image or not f.is_file():
+                raise HTTPException(404, detail=f"image: {body.image!r} is not a file of the bundle's catalogue")
+            image = f
+        try:
+            idx = svc.add_item(body.item, body.text, image)
+        except KeyError as e:
+            raise HTTPException(409, detail=f"item: {e.args[0]}") from None
+        except ValueError as e:
+            raise HTTPException(422, detail=f"text/image: {e}") from None
+        return svc.item_json(idx)
+
+    @app.get("/explain")
+    def explain(user: str, item: str):
+        u = user_id(user)
+        if item not in svc.item_index:
+            raise HTTPException(404, detail=f"item: {item!r} not in the catalogue")
+        i = svc.item_index[item]
+        return {"user": user, "item": svc.item_json(i), "modality": svc.modality_shares(u),
+                "paths": svc.kg_paths(u, i)}
+
+    @app.get("/catalogue/{name}")
+    def catalogue(name: str):
+        f = svc.bundle.path / "catalogue" / name
+        if Path(name).name != name or name not in set(svc.images.values()) or not f.is_file():
+            raise HTTPException(404, detail=f"catalogue: no file {name!r}")
+        return FileResponse(f)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return (Path(__file__).parent / "web" / "index.html").read_text(encoding="utf-8")
+
+    app.state.service = svc
+    return app
+
+
+def serve(bundle_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    import uvicorn
+    app = create_app(bundle_path)
+    print(f"serving {app.state.service.name} from {bundle_path} on http://{host}:{port}/ (API docs: /docs)",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level)

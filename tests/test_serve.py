@@ -1,0 +1,228 @@
+"""`multikg4rec export` and `multikg4rec serve`: a real server (uvicorn) on 127.0.0.1, real HTTP requests, and
+the page in a real headless browser (Debian's chromium + chromium-driver, driven by Selenium)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from multikg4rec.cli import main
+
+httpx = pytest.importorskip("httpx")
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`multikg4rec serve` in a subprocess, on a free loopback port."""
+
+    def __init__(self, bundle: Path):
+        self.port = _port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "multikg4rec.cli", "serve", "--bundle", str(bundle),
+                                      "--port", str(self.port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read().decode())
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("the server did not start")
+
+    def get(self, path, **kw):
+        return httpx.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path, **kw):
+        return httpx.post(self.url + path, timeout=60, **kw)
+
+    def stop(self, sig=signal.SIGTERM):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir, tmp_path_factory):
+    """A KGAT run (warm, ml-100k) and a content-KNN run (cold items, MiniLM text), each exported."""
+    root = tmp_path_factory.mktemp("serve")
+    common = ["--dataset", "ml-100k", "--data-dir", str(data_dir), "--cache-dir", str(root / "cache"),
+              "--output-dir", str(root / "runs"), "--quiet", "--threads", "1"]
+    assert main(["train", "--model", "kgat", *common, "--epochs", "2", "--embedding_size", "16", "--layers", "[16]",
+                 "--kg_embedding_size", "16"]) == 0
+    assert main(["train", "--model", "content_knn", *common, "--split", "cold_item", "--encoder", "minilm",
+                 "--modalities", "[text]"]) == 0
+    out = {}
+    for model in ("kgat", "content_knn"):
+        run = next((root / "runs" / "ml-100k" / model).glob("*/metrics.json")).parent
+        assert main(["export", "--run", str(run), "--out", str(root / f"bundle-{model}")]) == 0
+        out[model] = (run, root / f"bundle-{model}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def kgat_server(runs):
+    s = Server(runs["kgat"][1])
+    yield s
+    s.stop()
+
+
+def test_get_recommend_equals_the_cli(kgat_server, runs, capsys):
+    run = runs["kgat"][0]
+    for user in ("1", "42", "917"):
+        main(["recommend", "--run", str(run), "--users", user, "--k", "15", "--no-labels"])
+        want = [ln.split("\t")[2] for ln in capsys.readouterr().out.splitlines()[1:]]
+        got = kgat_server.get(f"/recommend?user={user}&k=15").json()["items"]
+        assert [it["item"] for it in got] == want and [it["rank"] for it in got] == list(range(1, 16))
+    r = kgat_server.get("/recommend?user=1&k=5&exclude=none").json()["items"]
+    assert len(r) == 5 and all(it["title"] for it in r)          # titles from the bundle's catalogue
+
+
+def test_bad_requests_are_json_4xx_naming_the_field(kgat_server):
+    cases = [(kgat_server.get("/recommend?user=nobody"), 404, "user"),
+             (kgat_server.get("/recommend?user=1&k=0"), 422, "k"),
+             (kgat_server.get("/recommend?user=1&k=999999"), 422, "k"),
+             (kgat_server.get("/recommend?user=1&exclude=some"), 422, "exclude"),
+             (kgat_server.post("/recommend", json={"items": ["no-such-item"]}), 404, "items"),
+             (kgat_server.post("/recommend", json={"items": []}), 422, "items"),
+             (kgat_server.post("/recommend", content=b"x" * (2 << 20), headers={"content-type": "application/json"}),
+              413, "body"),
+             (kgat_server.get("/explain?user=1&item=nope"), 404, "item"),
+             (kgat_server.get("/catalogue/..%2Fmanifest.json"), 404, ""),     # no route: nothing outside is read
+             (kgat_server.get("/catalogue/manifest.json"), 404, "catalogue"),
+             (kgat_server.post("/items", json={"item": "new", "text": "a film"}), 409, "kgat")]
+    for r, code, field in cases:
+        assert r.status_code == code, (r.request.url, r.text)
+        assert field in json.dumps(r.json()), r.text
+
+
+def test_session_recommendations_and_search_and_explanations(kgat_server):
+    hits = kgat_server.get("/items?q=star wars").json()["items"]
+    assert hits and "Star Wars" in hits[0]["title"]
+    r = kgat_server.post("/recommend", json={"items": [hits[0]["item"]], "k": 10}).json()
+    assert len(r["items"]) == 10 and hits[0]["item"] not in [it["item"] for it in r["items"]]
+    assert "approximation" in r["fold_in"]
+    top = kgat_server.get("/recommend?user=1&k=3").json()["items"][0]["item"]
+    ex = kgat_server.get(f"/explain?user=1&item={top}").json()
+    assert ex["modality"] is None                                  # KGAT has no modalities
+    assert ex["paths"], "a KG model's top item should have a KG path from the user's items"
+    p = ex["paths"][0]
+    assert p["path"][0] == {"user": "1"} and p["path"][-1]["item"] == top and p["path"][1]["relation"] == "interact"
+    assert all(a["score"] >= b["score"] for a, b in zip(ex["paths"], ex["paths"][1:]))
+    m = kgat_server.get("/models").json()[0]
+    assert m["model"] == "kgat" and m["can_add_items"] is False and len(m["fingerprint"]) == 16
+
+
+def test_a_new_item_gets_the_row_the_cold_start_evaluation_gives_and_survives_a_kill(runs, data_dir):
+    """POST /items with an item's content text gives the content row the feature store gave that item (what the
+    cold-start evaluation ranks); the item is recommendable at once, and after SIGKILL and a restart."""
+    from multikg4rec.features.content import ITEM, collect_content
+    from multikg4rec.serve import Service
+    bundle = runs["content_knn"][1]
+    svc = Service(bundle)
+    ds = svc.bundle.dataset
+    cold = int(np.flatnonzero(ds.item_partition == 2)[0])
+    tok = str(ds.item_tokens[cold])
+    c = collect_content("ml-100k", data_dir, descriptions=True)
+    text = next(t for t, k, i in zip(c.text, c.kinds, c.ids) if k == ITEM and str(i) == tok)
+    row = svc.encode_item(text, None)
+    assert np.allclose(row.numpy(), svc.bundle.item_rows[cold].numpy(), atol=1e-5)
+    known = np.concatenate([ds.train, ds.valid, ds.test])
+    user = str(ds.user_tokens[np.setdiff1d(np.arange(ds.n_users), known[known[:, 1] == cold, 0])[0]])
+
+    s = Server(bundle)
+    try:
+        t0 = time.time()
+        r = s.post("/items", json={"item": "brand-new", "text": text})
+        assert r.status_code == 201, r.text
+        n = s.get("/health").json()["items"]
+        recs = s.get(f"/recommend?user={user}&k={n}").json()["items"]
+        took = time.time() - t0
+        scores = {it["item"]: it["score"] for it in recs}
+        assert "brand-new" in scores and scores["brand-new"] == pytest.approx(scores[tok], abs=1e-5)
+        assert took < 30
+        assert s.post("/items", json={"item": "brand-new", "text": "again"}).status_code == 409
+        assert s.post("/items", json={"item": "x", "image": "../manifest.json"}).status_code == 404
+        s.stop(signal.SIGKILL)
+        s = Server(bundle)
+        again = {it["item"]: it["score"] for it in s.get(f"/recommend?user={user}&k={n}").json()["items"]}
+        assert again["brand-new"] == pytest.approx(scores["brand-new"])
+    finally:
+        s.stop()
+        (bundle / "journal.jsonl").unlink(missing_ok=True)
+
+
+def test_a_damaged_bundle_is_one_line(runs, tmp_path, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(runs["kgat"][1], bad)
+    with open(bad / "embeddings.npz", "r+b") as f:
+        f.seek(100)
+        f.write(b"\x00\x01\x02")
+    rc = main(["serve", "--bundle", str(bad), "--port", str(_port())])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "embeddings.npz" in err and "damaged" in err
+    rc = main(["export", "--run", str(runs["kgat"][0]), "--out", str(runs["kgat"][1])])
+    assert rc == 2 and "not an empty folder" in capsys.readouterr().err
+
+
+def _chrome():
+    webdriver = pytest.importorskip("selenium.webdriver")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium and chromium-driver (.ci/run installs them)")
+        pytest.skip("no chromium / chromedriver here (apt-get install chromium chromium-driver)")
+    from selenium.webdriver.chrome.service import Service as ChromeService
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1300,900"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=ChromeService(driver), options=opts)
+
+
+def test_the_page_in_a_real_browser(kgat_server, tmp_path):
+    """Pick a user, see the top 10 with titles, click one for its explanation; search and build a session."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    b = _chrome()
+    try:
+        wait = WebDriverWait(b, 30)
+        b.get(kgat_server.url + "/")
+        wait.until(EC.text_to_be_present_in_element((By.ID, "model"), "kgat on ml-100k"))
+        b.find_element(By.ID, "user").send_keys("1")
+        b.find_element(By.ID, "go").click()
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#recs li")) == 10)
+        want = [it["title"] for it in kgat_server.get("/recommend?user=1&k=10").json()["items"]]
+        assert [e.text for e in b.find_elements(By.CSS_SELECTOR, "#recs li .title")] == want
+        b.find_elements(By.CSS_SELECTOR, "#recs li")[0].click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#why .path"))
+        assert "user 1 -[interact]->" in b.find_element(By.CSS_SELECTOR, "#why .path").text
+        b.find_element(By.ID, "q").send_keys("star wars")
+        b.find_element(By.ID, "search").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results li"))
+        b.find_elements(By.CSS_SELECTOR, "#results li")[0].click()
+        b.find_element(By.ID, "session-go").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "recs-title"), "session (1 items)"))
+        assert len(b.find_elements(By.CSS_SELECTOR, "#recs li")) == 10
+        shot = os.environ.get("MULTIKG4REC_SCREENSHOT")
+        if shot:
+            b.save_screenshot(shot)
+    finally:
+        b.quit()
