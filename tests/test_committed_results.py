@@ -21,8 +21,8 @@ from multikg4rec.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 #: every committed table: results/<table>/<table>.md, and those of the side studies (results/studies/<study>/<table>/)
-TABLES = sorted(str(p.relative_to(REPO)) for p in (REPO / "results").glob("**/table*/table*.md")
-                if p.stem == p.parent.name)
+TABLES = sorted(str(p.relative_to(REPO)) for pattern in ("**/table*/table*.md", "**/coldstart/coldstart.md")
+                for p in (REPO / "results").glob(pattern) if p.stem == p.parent.name)
 
 
 def _generated_by(md: str) -> list[str]:
