@@ -21,7 +21,22 @@ SMALL = {
     "mkgat": {"features": "random", "embedding_size": 16, "layers": [16, 8]},
     "multikg4rec": {"features": "random", "random_feature_dim": 16, "embedding_size": 16, "layers": [16, 8],
                     "fusion_blocks": 1, "fusion_heads": 2, "fusion_items": 8},
+    "content_knn": {"features": "random", "random_feature_dim": 16},
+    "dropoutnet": {"features": "random", "random_feature_dim": 16, "embedding_size": 8, "hidden": [8, 8],
+                   "pretrain_path": "BPRMF"},          # BPRMF: a stand-in BPR-MF checkpoint (_config)
 }
+
+
+def _config(name, ds, tmp_path):
+    """The SMALL config of ``name``; a stand-in BPR-MF checkpoint of ``ds``'s sizes where one is asked for."""
+    cfg = load_config(name, "ml-100k", None, {"seed": 7} | SMALL[name])
+    if cfg.get("pretrain_path") == "BPRMF":
+        d = int(cfg["embedding_size"])
+        g = torch.Generator().manual_seed(0)
+        torch.save({"model": {"user_emb.weight": torch.randn(ds.n_users, d, generator=g),
+                              "item_emb.weight": torch.randn(ds.n_items, d, generator=g)}}, tmp_path / "bpr.pt")
+        cfg["pretrain_path"] = str(tmp_path / "bpr.pt")
+    return cfg
 
 
 def _tensors(model) -> list[tuple[str, torch.Tensor]]:
@@ -58,6 +73,8 @@ def _tensors(model) -> list[tuple[str, torch.Tensor]]:
 
 
 def _one_step(model, ds, cfg):
+    if not any(p.requires_grad for p in model.parameters()):
+        return torch.zeros(())                         # nothing to train (content_knn): only its tensors move
     model.on_epoch_end(1)                     # e.g. KGAT's attention update, from the current parameters
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -70,11 +87,11 @@ def _one_step(model, ds, cfg):
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_to_device_reaches_every_tensor_and_keeps_the_loss(ml100k_small, name):
+def test_to_device_reaches_every_tensor_and_keeps_the_loss(ml100k_small, name, tmp_path):
     """``model._apply(fn)`` is what ``model.to(device)`` runs: with fn = clone every tensor the model can
     reach must be a new one afterwards (a tensor left behind would stay on the CPU on a GPU run and fail
     there, or silently be read stale), and the moved model must compute the same loss."""
-    cfg = load_config(name, "ml-100k", None, {"seed": 7} | SMALL[name])
+    cfg = _config(name, ml100k_small, tmp_path)
     cfg.update({k: 0.0 for k in ("mess_dropout", "dropout", "fusion_dropout", "node_dropout") if k in cfg})
     model = build_model(cfg, ml100k_small)
     model.train()                                          # the training path, without dropout
@@ -103,9 +120,9 @@ def test_to_device_reaches_every_tensor_and_keeps_the_loss(ml100k_small, name):
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
-def test_moved_model_ranks_the_same(ml100k_small, name):
+def test_moved_model_ranks_the_same(ml100k_small, name, tmp_path):
     """The evaluation path (prepare_eval + full_sort_predict) of every moved model scores as before."""
-    cfg = load_config(name, "ml-100k", None, {"seed": 7} | SMALL[name])
+    cfg = _config(name, ml100k_small, tmp_path)
     model = build_model(cfg, ml100k_small).eval()
     users = torch.arange(0, ml100k_small.n_users, 7)
     with torch.no_grad():
