@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .jobs import Job
+from .reports import bar_plot
 from .stats import paired_test
 
 COLUMNS = (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20"))
@@ -82,19 +83,9 @@ def summarize_coldstart(rows: list[dict], out_dir: Path, command: str | None = N
 
 
 def _plot(means: dict, by: dict, dataset: str, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     labels = list(means)
-    x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(labels)), 3.4))
-    for k, (key, name) in enumerate((("test", "cold"), ("test_hybrid", "hybrid"))):
+    series = {}
+    for key, name in (("test", "cold"), ("test_hybrid", "hybrid")):
         vals = [[r["metrics"].get(key, {}).get("ndcg@20", np.nan) for r in by[lab]] for lab in labels]
-        ax.bar(x + (k - 0.5) * 0.4, [np.mean(v) for v in vals], 0.4,
-               yerr=[np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals], capsize=2, label=f"{name} NDCG@20")
-    ax.set_xticks(x, labels, rotation=35, ha="right")
-    ax.set_title(f"new items, {dataset}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        series[f"{name} NDCG@20"] = ([np.mean(v) for v in vals], [np.std(v, ddof=1) if len(v) > 1 else 0 for v in vals])
+    bar_plot(labels, series, path, f"new items, {dataset}")

@@ -83,16 +83,21 @@ def summarize(table: str, rows: list[dict], out_dir: Path, target: str = "multik
     return text
 
 def _bar_plot(means: dict, dataset: str, path: Path, title: str) -> None:
+    labels = list(means)
+    bar_plot(labels, {metric: ([means[lab][0][k] for lab in labels], [means[lab][1][k] for lab in labels])
+                      for k, metric in enumerate(METRICS)}, path, title)
+
+
+def bar_plot(labels: list[str], series: dict[str, tuple[list, list]], path: Path, title: str) -> None:
+    """Grouped bars: one group per label, one bar per series ``name -> (values, error bars)``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    labels = list(means)
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(labels)), 3.4))
-    w = 0.27
-    for k, metric in enumerate(METRICS):
-        ax.bar(x + (k - 1) * w, [means[l][0][k] for l in labels], w, yerr=[means[l][1][k] for l in labels],
-               capsize=2, label=metric)
+    w = 0.8 / max(len(series), 1)
+    for k, (name, (vals, errs)) in enumerate(series.items()):
+        ax.bar(x + (k - (len(series) - 1) / 2) * w, vals, w, yerr=errs, capsize=2, label=name)
     ax.set_xticks(x, labels, rotation=30, ha="right")
     ax.set_title(title)
     ax.legend(fontsize=8)
