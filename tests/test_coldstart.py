@@ -3,7 +3,6 @@ the content baselines, and cold metrics that recompute from a run's own files.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -171,7 +171,7 @@ def test_tune_visits_grid_points_in_parallel_and_chooses_on_valid(data_dir, tmp_
 def test_interrupt_stops_the_whole_sweep(monkeypatch, tmp_path):
     """Ctrl-C / SIGTERM in one run must stop the sweep (the run keeps its checkpoint), not skip to the next run;
     a plain UserError (bad config for one job) is skipped."""
-    from multikg4rec import experiments, rundir, training
+    from multikg4rec import experiments, training
     from multikg4rec.errors import Interrupted, UserError
     from multikg4rec.experiments import Job, run_jobs
 

@@ -76,9 +76,9 @@ class Service:
         self.images = dict(self.bundle.catalogue.get("images", {}))
         self.n_base = ds.n_items
         self.evaluator = Evaluator(ds.n_items, batch_size=64)
-        self.exclusions = {k: self.evaluator.exclusion([ds.csr(s) for s in v], ds.n_users) if v else None
+        self.known = {s: ds.csr(s) for s in ("train", "valid", "test")}     # each user's items, per split
+        self.exclusions = {k: self.evaluator.exclusion([self.known[s] for s in v], ds.n_users) if v else None
                            for k, v in EXCLUDE.items()}
-        self.train_csr = ds.csr("train")
         self.added: list[dict] = []
         self.extra_rows = None                           # (n_added, D) item rows of added items
         self.journal = self.bundle.path / "journal.jsonl"
@@ -109,7 +109,7 @@ class Service:
             ev, batch = Evaluator(n, batch_size=1), np.array([0])
             rows = np.zeros(0, dtype=np.int64)
             if user is not None:
-                rows = np.concatenate([rows] + [(m := self.bundle.dataset.csr(s)).indices[m.indptr[user]:m.indptr[user + 1]]
+                rows = np.concatenate([rows] + [(m := self.known[s]).indices[m.indptr[user]:m.indptr[user + 1]]
                                                 for s in EXCLUDE[exclude]]).astype(np.int64)
             if exclude_items is not None:
                 rows = np.union1d(rows, exclude_items).astype(np.int64)
@@ -172,14 +172,15 @@ class Service:
         return self._dim_cache
 
     def add_item(self, item: str, text: str | None, image: str | None, row: torch.Tensor | None = None,
-                 persist: bool = True) -> int:
+                 persist: bool = True, title: str | None = None) -> int:
         with self.lock:
             if item in self.item_index:
                 raise KeyError(f"item {item!r} exists")
             if row is None:
                 row = self.encode_item(text, image)
-            entry = {"item": item, "title": (text or "").splitlines()[0][:200] if text else "",
-                     "row": [float(x) for x in row]}
+            if title is None:
+                title = text.splitlines()[0][:200] if text else ""
+            entry = {"item": item, "title": title, "row": [float(x) for x in row]}
             if persist:
                 with open(self.journal, "a", encoding="utf-8") as f:   # one line, flushed before it counts
                     f.write(json.dumps(entry) + "\n")
@@ -196,15 +197,16 @@ class Service:
     def _replay(self) -> None:
         if not self.journal.is_file():
             return
-        for n, line in enumerate(self.journal.read_text(encoding="utf-8").splitlines(), 1):
+        lines = self.journal.read_text(encoding="utf-8").splitlines()
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 e = json.loads(line)
-                self.add_item(e["item"], None, None, row=torch.tensor(e["row"]), persist=False)
-                self.titles[e["item"]] = e.get("title", "")
+                self.add_item(e["item"], None, None, row=torch.tensor(e["row"]), persist=False,
+                              title=e.get("title", ""))
             except (ValueError, KeyError) as err:
-                if n == len(self.journal.read_text(encoding="utf-8").splitlines()):
+                if n == len(lines):
                     break                                # a last line cut by a kill: the item was never answered
                 raise UserError(f"{self.journal}:{n}: damaged journal line ({err}); remove the line") from None
 
