@@ -151,3 +151,14 @@ def test_a_cold_run_writes_both_rankings_and_its_metrics_recompute_from_its_file
         mine = np.mean([_ndcg20(lists[u], rel[u]) for u in rel])
         assert mine == pytest.approx(m[key]["ndcg@20"], abs=1e-12)
     assert m["n_test_users"] < m["n_test_users_hybrid"]
+
+
+def test_the_seed_plan_gives_dear_datasets_fewer_seeds_and_the_id_models_the_fewest():
+    from collections import Counter
+    from multikg4rec.experiments.jobs import coldstart_jobs
+    n = Counter((j.dataset, j.label) for j in coldstart_jobs(["ml-100k", "ml-1m", "lastfm-2k", "mine"], list(range(5))))
+    assert n["ml-100k", "bprmf"] == n["ml-100k", "multikg4rec"] == 5
+    assert n["ml-1m", "multikg4rec"] == n["ml-1m", "multikg4rec fused"] == n["ml-1m", "content_knn"] == 3
+    assert n["ml-1m", "bprmf"] == n["ml-1m", "multikg4rec text"] == 1
+    assert n["lastfm-2k", "kgat"] == 2 and n["mine", "kgat"] == 5          # a dataset without a plan: --seeds
+    assert Counter((j.dataset, j.label) for j in coldstart_jobs(["ml-1m"], [0, 1]))["ml-1m", "kgat"] == 2

@@ -21,7 +21,7 @@ from multikg4rec.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 #: every committed table: results/<table>/<table>.md, and those of the side studies (results/studies/<study>/<table>/)
-TABLES = sorted(str(p.relative_to(REPO)) for pattern in ("**/table*/table*.md", "**/coldstart/coldstart.md")
+TABLES = sorted(str(p.relative_to(REPO)) for pattern in ("**/table*/table*.md", "**/coldstart/coldstart.md", "**/popularity/popularity.md")
                 for p in (REPO / "results").glob(pattern) if p.stem == p.parent.name)
 
 

@@ -205,7 +205,7 @@ def _add_jobs_argument(p) -> None:
 def cmd_reproduce(args, rest) -> int:
     from .experiments import launch_background, reproduce, status
     if args.table == "status":
-        for t in args.datasets or ["table2", "table3", "table4", "coldstart"]:
+        for t in args.datasets or ["table2", "table3", "table4", "coldstart", "popularity"]:
             print(status(t, Path(args.results)))
         return 0
     if args.background and not args.plan:
@@ -351,11 +351,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "runs start from its recipe (experiments/paper.yaml: the settings the committed "
                                    "tables were trained with where a default has changed since; Multi-KG4Rec: "
                                    "kg_loss_triples ckg); an option on the command line wins.")
-    r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "coldstart", "status"],
-                   help="a paper table, fig4, coldstart (new items, every model: docs/coldstart.md), or status")
+    r.add_argument("table", choices=["table2", "table3", "table4", "fig4", "coldstart", "popularity", "status"],
+                   help="a paper table, fig4, coldstart (new items, every model: docs/coldstart.md), popularity "
+                        "(Table 2's runs by item popularity; re-trains archived runs that lack the breakdown), "
+                        "or status")
     r.add_argument("--datasets", nargs="+", help="default: ml-100k ml-1m")
     r.add_argument("--seeds", type=_at_least_one, default=5, help="seeds 0..N-1 (default 5)")
-    r.add_argument("--models", nargs="+", help="table2 and coldstart: a subset of their rows (coldstart: a label, or "
+    r.add_argument("--models", nargs="+", help="table2, popularity and coldstart: a subset of their rows (coldstart: a label, or "
                    "a model name for all its rows; the table keeps the rows of earlier calls this one does not "
                    "cover; delete results/<table>/runs.csv to start afresh)")
     r.add_argument("--results", default="results", help="output root (default ./results)")

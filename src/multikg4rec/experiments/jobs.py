@@ -27,7 +27,7 @@ TABLE2_MODELS: list[str] = SPEC["table2_models"]
 KG_FREE: set[str] = set(SPEC["kg_free"])
 DATASETS_WITH_KG: set[str] = set(SPEC["datasets_with_kg"])
 TABLE_RECIPES: dict[str, dict] = SPEC["recipes"]
-TABLES = ("table2", "table3", "table4", "coldstart")
+TABLES = ("table2", "table3", "table4", "coldstart", "popularity")
 #: the cold-start table's rows (label, model, overrides) and the recipe every row adds
 COLDSTART: dict = SPEC["coldstart"]
 
@@ -94,14 +94,17 @@ def _has_kg(dataset: str, common: dict) -> bool:
 
 def coldstart_jobs(datasets: list[str], seeds: list[int], models: list[str] | None = None) -> list[Job]:
     """The cold-start table's jobs: every row of ``paper.yaml``'s ``coldstart`` under its recipe (``split:
-    cold_item``); ``models`` keeps the rows whose label or model is named (a model name keeps all its rows)."""
+    cold_item``), for the seeds of ``seeds`` that its per-dataset plan (``coldstart.seeds``) keeps; ``models``
+    keeps the rows whose label or model is named (a model name keeps all its rows)."""
     rows = [(lab, m, ov) for lab, m, ov in COLDSTART["rows"] if models is None or lab in models or m in models]
     if models is not None:
         known = {lab for lab, _, _ in COLDSTART["rows"]} | {m for _, m, _ in COLDSTART["rows"]}
         if unknown := [m for m in models if m not in known]:
             raise UserError(f"coldstart has no row {unknown[0]!r}; rows: {', '.join(lab for lab, _, _ in COLDSTART['rows'])}")
+    plan = COLDSTART.get("seeds", {})
     return [Job(lab, m, d, s, dict(ov or {}), dict(COLDSTART["recipe"]))
-            for d in datasets for s in seeds for lab, m, ov in rows]
+            for d in datasets for s in seeds for lab, m, ov in rows
+            if s < plan.get(d, {}).get(lab, plan.get(d, {}).get("default", len(seeds)))]
 
 
 def jobs_for(table: str, datasets: list[str], seeds: list[int], common: dict,
@@ -109,7 +112,7 @@ def jobs_for(table: str, datasets: list[str], seeds: list[int], common: dict,
     """The jobs of any table ``reproduce`` knows."""
     if table == "coldstart":
         return coldstart_jobs(datasets, seeds, models)
-    return table_jobs(table, datasets, seeds, common, models)
+    return table_jobs("table2" if table == "popularity" else table, datasets, seeds, common, models)
 
 
 def _in_table_order(table: str, rows: list[dict], datasets: list[str], common: dict) -> list[dict]:

@@ -1,4 +1,4 @@
-"""``multikg4rec reproduce table2|table3|table4|fig4``: a paper table as a resumable sweep.
+"""``multikg4rec reproduce table2|table3|table4|fig4|coldstart|popularity``: a table as a resumable sweep.
 
 Results go to ``<results>/<table>/``: ``runs.csv`` (one row per run), ``<table>.md`` and PNG
 plots. A table accumulates: a call for a subset (one dataset, one model, fewer seeds) keeps
@@ -14,6 +14,7 @@ from .figure4 import figure4
 from .coldstart import summarize_coldstart
 from .jobs import _in_table_order, jobs_for
 from .plan import plan
+from .popularity import adopt, missing, summarize_popularity
 from .reports import summarize
 from .scheduler import run_jobs, run_jobs_parallel
 
@@ -37,10 +38,13 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     if not only_summarize:
         for f in out.glob("status.w*.json"):      # workers of an earlier call
             f.unlink()
+        # popularity: archived runs without the breakdown are re-trained here (never read from the archive)
+        todo, where = (missing(jobs, common, archive), None) if table == "popularity" else (jobs, archive)
         if jobs_at_once > 1:
-            run_jobs_parallel(jobs, common, jobs_at_once, out / "status.json", archive)
+            run_jobs_parallel(todo, common, jobs_at_once, out / "status.json", where)
         else:
-            run_jobs(jobs, common, status_file=out / "status.json", archive=archive)
+            run_jobs(todo, common, status_file=out / "status.json", archive=where)
+    problems = adopt(jobs, common, archive) if table == "popularity" else []
     rows = collect(jobs, common, archive)
     if not rows:
         raise UserError(f"no finished runs for {table} yet")
@@ -50,6 +54,8 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     write_csv(rows, out / "runs.csv")
     if table == "coldstart":
         print(summarize_coldstart(rows, out, command=command, planned=jobs))
+    elif table == "popularity":
+        print(summarize_popularity(rows, out, command=command, problems=problems))
     else:
         print(summarize(table, rows, out, command=command, planned=jobs))
     return out
