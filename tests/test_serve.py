@@ -59,7 +59,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
-    """A KGAT run (warm, ml-100k) and a content-KNN run (cold items, MiniLM text), each exported."""
+    """A KGAT run (warm, ml-100k), a content-KNN run (cold items, MiniLM text) and a BPR-MF run, each exported."""
     root = tmp_path_factory.mktemp("serve")
     common = ["--dataset", "ml-100k", "--data-dir", str(data_dir), "--cache-dir", str(root / "cache"),
               "--output-dir", str(root / "runs"), "--quiet", "--threads", "1"]
@@ -67,8 +67,9 @@ def runs(data_dir, tmp_path_factory):
                  "--kg_embedding_size", "16"]) == 0
     assert main(["train", "--model", "content_knn", *common, "--split", "cold_item", "--encoder", "minilm",
                  "--modalities", "[text]"]) == 0
+    assert main(["train", "--model", "bprmf", *common, "--epochs", "1"]) == 0
     out = {}
-    for model in ("kgat", "content_knn"):
+    for model in ("kgat", "content_knn", "bprmf"):
         run = next((root / "runs" / "ml-100k" / model).glob("*/metrics.json")).parent
         assert main(["export", "--run", str(run), "--out", str(root / f"bundle-{model}")]) == 0
         out[model] = (run, root / f"bundle-{model}")
@@ -105,7 +106,11 @@ def test_bad_requests_are_json_4xx_naming_the_field(kgat_server):
              (kgat_server.get("/explain?user=1&item=nope"), 404, "item"),
              (kgat_server.get("/catalogue/..%2Fmanifest.json"), 404, ""),     # no route: nothing outside is read
              (kgat_server.get("/catalogue/manifest.json"), 404, "catalogue"),
-             (kgat_server.post("/items", json={"item": "new", "text": "a film"}), 409, "kgat")]
+             (kgat_server.post("/items", json={"item": "new", "text": "a film"}), 422, "links"),   # KGAT: no text
+             (kgat_server.post("/items", json={"item": "new", "links": [{"relation": "nope", "entity": "1"}]}),
+              422, "unknown relation"),
+             (kgat_server.post("/items", json={"item": "new", "links": [{"relation": "r", "entity": "1",
+                                                                          "direction": "up"}]}), 422, "direction")]
     for r, code, field in cases:
         assert r.status_code == code, (r.request.url, r.text)
         assert field in json.dumps(r.json()), r.text
@@ -116,7 +121,7 @@ def test_session_recommendations_and_search_and_explanations(kgat_server):
     assert hits and "Star Wars" in hits[0]["title"]
     r = kgat_server.post("/recommend", json={"items": [hits[0]["item"]], "k": 10}).json()
     assert len(r["items"]) == 10 and hits[0]["item"] not in [it["item"] for it in r["items"]]
-    assert "approximation" in r["fold_in"]
+    assert r["fold_in"].startswith("exact")                       # a user node added to the CKG
     top = kgat_server.get("/recommend?user=1&k=3").json()["items"][0]["item"]
     ex = kgat_server.get(f"/explain?user=1&item={top}").json()
     assert ex["modality"] is None                                  # KGAT has no modalities
@@ -125,7 +130,45 @@ def test_session_recommendations_and_search_and_explanations(kgat_server):
     assert p["path"][0] == {"user": "1"} and p["path"][-1]["item"] == top and p["path"][1]["relation"] == "interact"
     assert all(a["score"] >= b["score"] for a, b in zip(ex["paths"], ex["paths"][1:]))
     m = kgat_server.get("/models").json()[0]
-    assert m["model"] == "kgat" and m["can_add_items"] is False and len(m["fingerprint"]) == 16
+    assert m["model"] == "kgat" and m["can_add_items"] is True and len(m["fingerprint"]) == 16
+
+
+def test_an_id_model_cannot_add_items_and_folds_a_session_in_approximately(runs):
+    from multikg4rec.serve import Service, fold_in_rule
+    svc = Service(runs["bprmf"][1])
+    ok, why = svc.can_add_items()
+    assert not ok and "ID model" in why and fold_in_rule("bprmf").startswith("approximation")
+    with pytest.raises(ValueError):
+        svc.add_item("new", "a film", None)
+
+
+def test_a_kg_model_takes_a_new_item_through_its_links_and_replays_it_after_a_kill(runs):
+    """KGAT: a new item linked like an existing item becomes a node of the CKG; it is ranked at once (scored by
+    the rebuilt model), its links are refused when unknown, and a server killed with SIGKILL serves it again
+    with the same scores."""
+    from multikg4rec.serve import Service
+    bundle = runs["kgat"][1]
+    ds = Service(bundle).bundle.dataset
+    x = int(np.bincount(ds.kg[ds.kg[:, 0] < ds.n_items, 0]).argmax())          # the item with most KG edges
+    tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
+    links = [{"relation": str(ds.relation_tokens[r]), "entity": tok(t)} for h, r, t in ds.kg if h == x]
+    s = Server(bundle)
+    try:
+        r = s.post("/items", json={"item": "linked-new", "text": "A new film", "links": links})
+        assert r.status_code == 201, r.text
+        assert r.json()["item"] == "linked-new" and r.json()["title"] == "A new film"
+        n = s.get("/health").json()["items"]
+        assert n == ds.n_items + 1
+        scores = {it["item"]: it["score"] for it in s.get(f"/recommend?user=1&k={n}").json()["items"]}
+        assert "linked-new" in scores and np.isfinite(scores["linked-new"])
+        assert s.get("/items?q=a new film").json()["items"][0]["item"] == "linked-new"
+        s.stop(signal.SIGKILL)
+        s = Server(bundle)
+        again = {it["item"]: it["score"] for it in s.get(f"/recommend?user=1&k={n}").json()["items"]}
+        assert again == pytest.approx(scores)
+    finally:
+        s.stop()
+        (bundle / "journal.jsonl").unlink(missing_ok=True)
 
 
 def test_a_new_item_gets_the_row_the_cold_start_evaluation_gives_and_survives_a_kill(runs, data_dir):

@@ -32,6 +32,7 @@ from pydantic import BaseModel, Field
 from .bundle import Bundle
 from .errors import UserError
 from .evaluation import Evaluator
+from .foldin import GROWABLE, FoldInError, NewItem as GraphItem, grow
 
 #: the known interactions ``exclude`` leaves out, as ``multikg4rec recommend``
 EXCLUDE = {"all": ("train", "valid", "test"), "train+valid": ("train", "valid"), "train": ("train",), "none": ()}
@@ -40,11 +41,18 @@ MAX_BODY = 1 << 20
 #: how each model scores an anonymous profile (POST /recommend)
 FOLD_IN = {
     "content_knn": "exact: the profile is the mean of the items' content rows, the model's own user rule",
+    "graph": "exact: the profile is a new user node with interact edges to its items; the model is rebuilt over "
+             "the grown CKG with its trained weights and its attention recomputed (multikg4rec.foldin); the new "
+             "node has no trained ID row (zero)",
     "default": "approximation: the profile is the mean of the items' scoring rows (the model's final item "
                "embeddings); the model's user rule (an ID row, or a CKG user node) needs a trained user",
 }
 #: models that embed an unseen item from its content alone (POST /items)
 CONTENT_MODELS = ("content_knn",)
+
+
+def fold_in_rule(name: str) -> str:
+    return FOLD_IN.get(name) or FOLD_IN["graph" if name in GROWABLE else "default"]
 
 
 class Session(BaseModel):
@@ -53,12 +61,20 @@ class Session(BaseModel):
     k: int = 20
 
 
+class Link(BaseModel):
+    """A KG triple of a new item: (item, relation, entity), or (entity, relation, item) with direction "in"."""
+    relation: str = Field(..., min_length=1, max_length=500)
+    entity: str = Field(..., min_length=1, max_length=500, description="a KG entity or item token")
+    direction: str = Field("out", pattern="^(out|in)$")
+
+
 class NewItem(BaseModel):
     """POST /items: a new item's content."""
     item: str = Field(..., min_length=1, max_length=200)
     text: str | None = Field(None, max_length=20000)
     image: str | None = Field(None, description="a file of the bundle's catalogue/")
-    links: list[str] = Field(default_factory=list, description="KG entities the item links to")
+    links: list[Link] = Field(default_factory=list, max_length=10000,
+                              description="KG triples of the item (graph models: its edges in the CKG)")
 
 
 class Service:
@@ -80,7 +96,12 @@ class Service:
         self.exclusions = {k: self.evaluator.exclusion([self.known[s] for s in v], ds.n_users) if v else None
                            for k, v in EXCLUDE.items()}
         self.added: list[dict] = []
-        self.extra_rows = None                           # (n_added, D) item rows of added items
+        self.extra_rows = None                           # (n_added, D) item rows of added items (content_knn)
+        #: graph models: the current scoring rows (users, items) of the catalogue grown by the added items
+        self.graph = self.name in GROWABLE
+        self.rows = (self.bundle.user_rows, self.bundle.item_rows)
+        self.new_items: list[GraphItem] = []
+        self.fold_lock = threading.Lock()                # one rebuild at a time (each holds a whole model)
         self.journal = self.bundle.path / "journal.jsonl"
         self._replay()
 
@@ -88,21 +109,23 @@ class Service:
     def _item_rows(self) -> torch.Tensor | None:
         """Every item's scoring row, the added ones last: one read of ``extra_rows`` (replaced, never changed
         in place, after the tokens it needs), so a request racing an added item sees a consistent catalogue."""
-        rows, extra = self.bundle.item_rows, self.extra_rows
+        rows, extra = self.rows[1], self.extra_rows
         if rows is None:
             return None
         return rows if extra is None else torch.cat([rows, extra])
 
     def rank(self, user_vec: torch.Tensor | None, user: int | None, k: int, exclude_items=None,
-             exclude: str = "all") -> tuple[np.ndarray, np.ndarray]:
-        """Top-k item ids and scores for internal ``user`` (a trained user) or ``user_vec`` (a profile), the
-        user's known items (``exclude``) and ``exclude_items`` left out: the evaluator's ranking."""
-        items = self._item_rows()
+             exclude: str = "all", item_rows: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k item ids and scores for internal ``user`` (a trained user) or ``user_vec`` (a profile, scored
+        against ``item_rows``, default the catalogue's), the user's known items (``exclude``) and
+        ``exclude_items`` left out: the evaluator's ranking."""
+        users_now = self.rows[0]
+        items = self._item_rows() if item_rows is None else item_rows
         n = self.n_base if items is None else items.shape[0]
         if user is not None and items is None:          # KGCN / ConvNCF: the rebuilt model scores
             scores = self.bundle.scores(torch.tensor([user]))
         else:
-            scores = (self.bundle.user_rows[user:user + 1] if user is not None else user_vec[None, :]) @ items.T
+            scores = (users_now[user:user + 1] if user is not None else user_vec[None, :]) @ items.T
         if user is not None and n == self.n_base and exclude_items is None:
             ev, exc, batch = self.evaluator, self.exclusions[exclude], np.array([user])   # `recommend`'s sets
         else:                                           # a profile, or a catalogue with added items
@@ -120,12 +143,31 @@ class Service:
             return top[0].numpy()[keep], top_scores[0].double().numpy()[keep]
         return np.zeros(0, dtype=np.int64), np.zeros(0)
 
-    def profile(self, items: list[int]) -> torch.Tensor:
-        """The fold-in row of an anonymous profile (``FOLD_IN``)."""
+    def profile(self, items: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The fold-in row of an anonymous profile (``fold_in_rule``) and the item rows to score it against
+        (None: the catalogue's)."""
+        if self.graph:
+            with self.fold_lock:
+                model, g = grow(self.base_model(), self.bundle.dataset, self._features(), self.new_items,
+                                [("session", items)])
+            u, i = model.scoring_rows()
+            return u[int(g.new_users[0])], i
         rows = self._item_rows()
         if rows is None:
             raise LookupError(f"{self.name} does not score by inner products: no fold-in for an anonymous profile")
-        return rows[items].mean(0)              # content_knn: exactly its user rule; others: FOLD_IN["default"]
+        return rows[items].mean(0), None        # content_knn: exactly its user rule; others: FOLD_IN["default"]
+
+    def base_model(self):
+        """The exported model, rebuilt once from the bundle."""
+        if self.bundle.model is None:
+            self.bundle.model = self.bundle.build_model()
+        return self.bundle.model
+
+    def _features(self) -> dict | None:
+        from .rundir import run_features
+        if not hasattr(self, "_feature_cache"):
+            self._feature_cache = run_features(self.bundle.path)
+        return self._feature_cache
 
     def item_json(self, i: int, score: float | None = None, rank: int | None = None) -> dict:
         tok = self.item_tokens[i]
@@ -139,28 +181,39 @@ class Service:
     def can_add_items(self) -> tuple[bool, str]:
         if self.name in CONTENT_MODELS:
             return True, "the item is embedded from its content (text, image), as the cold-start evaluation does"
-        return False, (f"{self.name} cannot embed an unseen item from the request alone in this version: an ID model "
-                       f"has no row for it, and a KG / multimodal model needs it added to its graph "
+        if self.graph:
+            return True, ("the item becomes a node of the CKG with its content and KG links and the model is rebuilt "
+                          "over the grown graph, as the cold-start evaluation builds a new item (its ID rows zero)")
+        return False, (f"{self.name} cannot embed an unseen item: an ID model has no row for it "
                        f"(see docs/serving.md)")
 
-    def encode_item(self, text: str | None, image: str | None) -> torch.Tensor:
-        """The content row of a new item, as the feature store and ``item_content`` would make it."""
+    def encode_content(self, text: str | None, image: str | None) -> dict[str, np.ndarray]:
+        """A new item's content rows per modality of the model, as the feature store makes them (encoded,
+        normalised when the encoder normalises)."""
         from .features import make_encoder
         from .features.store import _normalise
         cfg = self.bundle.config
+        mods = [str(m) for m in cfg.get("modalities") or []]
+        raw = {"text": text, "image": image}
+        if not any(raw.get(m) for m in mods):
+            return {}
         if not hasattr(self, "_encoder"):
             self._encoder = make_encoder(cfg["encoder"])
             self._encoder.load()
-        mods = [str(m) for m in cfg["modalities"]]
-        raw = {"text": text, "image": image}
         feats = {}
         for part in self._encoder.parts.values():
             if part.modality in mods and raw.get(part.modality):
                 x = np.asarray(part.encode([part.prepare(raw[part.modality])]), dtype=np.float32)
                 feats[part.modality] = (_normalise(x) if self._encoder.normalize else x)[0]
+        return feats
+
+    def encode_item(self, text: str | None, image: str | None) -> torch.Tensor:
+        """content_knn's row of a new item, as ``item_content`` makes it from the feature store's rows."""
+        from .features.align import item_content
+        feats = self.encode_content(text, image)
+        mods = [str(m) for m in self.bundle.config.get("modalities") or []]
         if not feats:
             raise ValueError(f"the item needs content in one of the model's modalities {mods}")
-        from .features.align import item_content
         full = {m: (torch.from_numpy(feats[m])[None, :] if m in feats else
                     torch.zeros(1, self._dims()[m]), torch.tensor([m in feats])) for m in mods}
         return item_content(full, mods, 1)[0][0]
@@ -172,7 +225,19 @@ class Service:
         return self._dim_cache
 
     def add_item(self, item: str, text: str | None, image: str | None, row: torch.Tensor | None = None,
-                 persist: bool = True, title: str | None = None) -> int:
+                 persist: bool = True, title: str | None = None, links: list | None = None) -> int:
+        ok, why = self.can_add_items()
+        if not ok:
+            raise ValueError(why)
+        if self.graph:
+            content = self.encode_content(text, image)
+            if not content and not links:
+                raise ValueError(f"the item needs content in one of the model's modalities "
+                                 f"{list(self.bundle.config.get('modalities') or [])} or KG links")
+            if title is None:
+                title = text.splitlines()[0][:200] if text else ""
+            return self._add_graph_items([{"item": item, "title": title, "links": links or [], "content": content}],
+                                         persist)
         with self.lock:
             if item in self.item_index:
                 raise KeyError(f"item {item!r} exists")
@@ -194,21 +259,60 @@ class Service:
             self.extra_rows = new if self.extra_rows is None else torch.cat([self.extra_rows, new])
             return idx
 
+    def _add_graph_items(self, entries: list[dict], persist: bool) -> int:
+        """Add items to a graph model's catalogue: the model is rebuilt over the CKG grown by every item added
+        so far (``foldin.grow``), then the tokens and the rows are swapped in (the rows last)."""
+        with self.lock:
+            names = [e["item"] for e in entries]
+            for name in names:
+                if name in self.item_index or names.count(name) > 1:
+                    raise KeyError(f"item {name!r} exists")
+            new = [GraphItem(e["item"], [tuple(x) for x in e["links"]],
+                             {m: np.asarray(v, dtype=np.float32) for m, v in (e["content"] or {}).items()})
+                   for e in entries]
+            with self.fold_lock:
+                model, _ = grow(self.base_model(), self.bundle.dataset, self._features(), self.new_items + new)
+            if persist:
+                with open(self.journal, "a", encoding="utf-8") as f:   # one line each, flushed before it counts
+                    for e in entries:
+                        f.write(json.dumps({"item": e["item"], "title": e["title"], "links": [list(x) for x in e["links"]],
+                                            "content": {m: [float(v) for v in r] for m, r in e["content"].items()}})
+                                + "\n")
+                    f.flush()
+            first = len(self.item_tokens)
+            self.item_tokens = self.item_tokens + names
+            self.item_index = {**self.item_index, **{t: first + k for k, t in enumerate(names)}}
+            self.titles = {**self.titles, **{e["item"]: e["title"] or "" for e in entries}}
+            self.new_items = self.new_items + new
+            self.added = self.added + [{"item": t} for t in names]
+            self.rows = model.scoring_rows()
+            return first + len(names) - 1
+
     def _replay(self) -> None:
         if not self.journal.is_file():
             return
         lines = self.journal.read_text(encoding="utf-8").splitlines()
+        graph = []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 e = json.loads(line)
-                self.add_item(e["item"], None, None, row=torch.tensor(e["row"]), persist=False,
-                              title=e.get("title", ""))
-            except (ValueError, KeyError) as err:
+                if self.graph:
+                    graph.append({"item": str(e["item"]), "title": e.get("title", ""), "links": e["links"],
+                                  "content": dict(e["content"])})
+                else:
+                    self.add_item(e["item"], None, None, row=torch.tensor(e["row"]), persist=False,
+                                  title=e.get("title", ""))
+            except (ValueError, KeyError, TypeError) as err:
                 if n == len(lines):
                     break                                # a last line cut by a kill: the item was never answered
                 raise UserError(f"{self.journal}:{n}: damaged journal line ({err}); remove the line") from None
+        if graph:
+            try:
+                self._add_graph_items(graph, persist=False)  # one rebuild for the whole journal
+            except (FoldInError, KeyError) as err:
+                raise UserError(f"{self.journal}: {err}; remove that item's line") from None
 
     # ---- explanations
     def kg_paths(self, user: int, item: int, top: int = 5) -> list[dict]:
@@ -326,8 +430,7 @@ def create_app(bundle_path: str | Path):
         m = svc.bundle.manifest
         ok, why = svc.can_add_items()
         return [{"model": m["model"], "dataset": m["dataset"], "fingerprint": m["fingerprint"],
-                 "test": m["metrics"].get("test"), "created": m["created"], "fold_in": FOLD_IN.get(svc.name,
-                                                                                                 FOLD_IN["default"]),
+                 "test": m["metrics"].get("test"), "created": m["created"], "fold_in": fold_in_rule(svc.name),
                  "can_add_items": ok, "add_items": why, "added_items": len(svc.added)}]
 
     @app.get("/recommend")
@@ -344,12 +447,12 @@ def create_app(bundle_path: str | Path):
         k = k_range(body.k)
         idx = [svc.item_index[i] for i in body.items]
         try:
-            vec = svc.profile(idx)
+            vec, rows = svc.profile(idx)
         except LookupError as e:
             raise HTTPException(409, detail=str(e)) from None
-        items, scores = svc.rank(vec, None, k, exclude_items=np.array(idx))
+        items, scores = svc.rank(vec, None, k, exclude_items=np.array(idx), item_rows=rows)
         return {"items": [svc.item_json(int(i), s, r + 1) for r, (i, s) in enumerate(zip(items, scores))],
-                "fold_in": FOLD_IN.get(svc.name, FOLD_IN["default"])}
+                "fold_in": fold_in_rule(svc.name)}
 
     @app.get("/items")
     def items(q: str = Query("", max_length=200), limit: int = Query(20, ge=1, le=200)):
@@ -369,9 +472,12 @@ def create_app(bundle_path: str | Path):
                 raise HTTPException(404, detail=f"image: {body.image!r} is not a file of the bundle's catalogue")
             image = f
         try:
-            idx = svc.add_item(body.item, body.text, image)
+            idx = svc.add_item(body.item, body.text, image,
+                               links=[(x.relation, x.entity, x.direction) for x in body.links])
         except KeyError as e:
             raise HTTPException(409, detail=f"item: {e.args[0]}") from None
+        except FoldInError as e:
+            raise HTTPException(422, detail=f"links: {e}") from None
         except ValueError as e:
             raise HTTPException(422, detail=f"text/image: {e}") from None
         return svc.item_json(idx)
