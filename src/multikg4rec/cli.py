@@ -66,8 +66,20 @@ def _parse_overrides(rest: list[str]) -> dict:
     return out
 
 
+def _launch(argv: list[str], nproc: int) -> int:
+    """``multikg4rec train --nproc N``: the same command under torchrun's launcher, N processes on this machine."""
+    drop = [i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc=")]
+    keep = [a for i, a in enumerate(argv) if i not in drop and not (i - 1 in drop and argv[i - 1] == "--nproc")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "multikg4rec", *keep]
+    import subprocess
+    return subprocess.call(cmd)
+
+
 def cmd_train(args, rest) -> int:
     from .training import run
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _launch(args.argv, args.nproc)
     overrides = _parse_overrides(rest)
     for key in ("seed", "data_dir", "cache_dir", "output_dir", "threads"):
         if getattr(args, key) is not None:
@@ -77,6 +89,8 @@ def cmd_train(args, rest) -> int:
     cfg = load_config(args.model.lower(), args.dataset, args.config, overrides)
     res = run(cfg, run_dir=args.run_dir, restart=args.restart, quiet=args.quiet)
     m = res.metrics
+    if int(os.environ.get("RANK", "0")):                  # torchrun: rank 0 reports
+        return 0
     print(json.dumps({"run_dir": str(res.run_dir), "best_epoch": m["best_epoch"],
                       "seconds_per_epoch": m["seconds_per_epoch"], "test": m["test"],
                       **({"test_hybrid": m["test_hybrid"]} if "test_hybrid" in m else {})}, indent=2))
@@ -276,6 +290,10 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     t.add_argument("--threads", type=_at_least_one, help="torch threads")
     t.add_argument("--restart", action="store_true", help="discard an existing checkpoint/result and start over")
     t.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    t.add_argument("--nproc", type=_at_least_one, default=1,
+                   help="data-parallel processes on this machine (starts torchrun's launcher; the same as "
+                        "`torchrun --nproc_per_node N -m multikg4rec train ...`): each trains its shard of every "
+                        "epoch's batches, the global batch is N x batch_size (docs/distributed.md). Default 1")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("data", help="dataset information and download")

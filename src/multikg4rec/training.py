@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import logging
 import platform
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import __version__, rundir, runtime
+from . import __version__, distributed, rundir, runtime
 from .config import config_hash
 from .data import Dataset, load_dataset
 from .data.dataset import COLD_TEST, COLD_VALID, WARM
@@ -42,8 +43,11 @@ class Trainer:
         self.commits: list[str | None] = [rundir.git_commit()]
         # device (config ``device``): the model with every graph it holds moves there (Recommender._apply);
         # batches are moved per step; model code runs under torch's default-device context there
-        self.device = torch.device(config.get("device") or "cpu")
+        self.device = torch.device(distributed.local_device(config.get("device")) or "cpu")
         model.to(self.device)
+        # data parallel (torchrun): every rank trains its shard of each epoch's batches (multikg4rec.distributed)
+        self.rank, self.world = distributed.world()
+        distributed.broadcast_parameters(model)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.evaluator = Evaluator(dataset.n_items, ks=tuple(config["topk"]), batch_size=config["eval_batch_size"],
@@ -83,6 +87,8 @@ class Trainer:
         return self.run_dir / "checkpoint.pt"
 
     def save_checkpoint(self) -> None:
+        if self.rank:                                    # rank 0 writes the run directory
+            return
         atomic_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "epoch": self.epoch, "best": self.best, "best_epoch": self.best_epoch, "bad_evals": self.bad_evals,
@@ -125,6 +131,8 @@ class Trainer:
     def _pass(self, sampler, loss_fn, desc: str) -> float | None:
         if self.optimizer is None:                       # nothing to train (content-KNN)
             return None
+        if self.world > 1:
+            return self._sharded_pass(sampler, loss_fn, desc)
         total, n = 0.0, 0
         bar = tqdm(sampler, total=len(sampler), desc=desc, leave=False, disable=True if self.quiet else None,
                    dynamic_ncols=True)   # None: no bar when stderr is not a terminal (a log file)
@@ -141,7 +149,42 @@ class Trainer:
             bar.set_postfix(loss=f"{total / n:.4f}", refresh=False)
         return total / max(n, 1)
 
+    def _sharded_pass(self, sampler, loss_fn, desc: str) -> float:
+        """One pass under torchrun: rank r trains batches r, r + N, ... of the epoch every rank draws alike;
+        one optimiser step per N batches, on the gradients averaged over the ranks (multikg4rec.distributed)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        total, n = 0.0, 0
+        batches = iter(sampler)
+        steps = (len(sampler) + self.world - 1) // self.world
+        bar = tqdm(range(steps), desc=desc, leave=False, disable=True if (self.quiet or self.rank) else None,
+                   dynamic_ncols=True)
+        for _ in bar:
+            group = [b for _, b in zip(range(self.world), batches)]
+            self.optimizer.zero_grad(set_to_none=True)
+            mine = group[self.rank] if self.rank < len(group) else None
+            bad = False
+            if mine is not None:
+                with self.on_device():
+                    loss = loss_fn(self._to_device(mine))
+                bad = not bool(torch.isfinite(loss))
+                if not bad:
+                    loss.backward()
+                    total += loss.item()
+                    n += 1
+            if distributed.average_gradients(params, mine is not None, bad):
+                raise UserError(f"{desc}: the loss became non-finite on a rank (try a lower learning_rate)")
+            self.optimizer.step()
+        total, n = distributed.all_sum([total, float(n)])
+        return total / max(n, 1)
+
     def evaluate(self, split: str, **kw):
+        if self.world > 1:                               # users sharded over the ranks, merged in user order
+            shard = np.arange(self.dataset.n_users)[self.rank::self.world]
+            part = self._evaluate(split, users=shard, **{**kw, "return_per_user": True})
+            return distributed.merge_eval(distributed.all_gather_object(part), self.evaluator.ks)
+        return self._evaluate(split, **kw)
+
+    def _evaluate(self, split: str, **kw):
         self.model.eval()
 
         def score(users):
@@ -166,7 +209,8 @@ class Trainer:
         if resumed:
             self._say(f"resumed from {self.ckpt_path} after epoch {self.epoch} (best {self.metric} "
                       f"{self.best:.4f} at epoch {self.best_epoch})")
-        with open(self.run_dir / "log.jsonl", "a" if resumed else "w", encoding="utf-8") as logf:
+        log_path = self.run_dir / "log.jsonl" if self.rank == 0 else Path(os.devnull)   # rank 0 writes
+        with open(log_path, "a" if resumed else "w", encoding="utf-8") as logf:
             # interrupted during a validation: its epoch's training is in the checkpoint, only the evaluation reruns
             if self.pending_row is not None and self._end_epoch(self.pending_row, logf):
                 return
@@ -188,6 +232,7 @@ class Trainer:
             row["kg_loss"] = self._pass(self.kg_sampler, self.model.calculate_kg_loss, f"epoch {epoch} KG")
         with self.on_device():
             self.model.on_epoch_end(epoch)
+        distributed.sync_rng()                           # every rank draws alike in the next epoch
         diag = self.model.diagnostics()
         if diag:
             row["diag"] = diag
@@ -215,8 +260,9 @@ class Trainer:
             score = valid[self.metric]
             if score > self.best:
                 self.best, self.best_epoch, self.bad_evals = score, epoch, 0
-                atomic_save({"model": self.model.state_dict(), "epoch": epoch, "valid": valid},
-                             self.run_dir / "best_model.pt")
+                if self.rank == 0:
+                    atomic_save({"model": self.model.state_dict(), "epoch": epoch, "valid": valid},
+                                 self.run_dir / "best_model.pt")
             else:
                 self.bad_evals += 1
                 stop = self.bad_evals >= cfg["patience"]
@@ -237,7 +283,7 @@ class Trainer:
         return stop
 
     def _say(self, msg: str) -> None:
-        if not self.quiet:
+        if not self.quiet and self.rank == 0:
             tqdm.write(msg)
 
     def finish(self) -> dict:
@@ -246,6 +292,7 @@ class Trainer:
         The valid metrics are the best epoch's, as computed when it was saved (the same weights and data, so
         the same numbers: ``tests/test_training.py`` re-evaluates to check); that spares one full-ranking pass. A best model saved before it carried them is
         re-evaluated."""
+        distributed.barrier()                            # rank 0 has written best_model.pt
         best = self.run_dir / "best_model.pt"
         best_state = rundir.load_state(best) if best.is_file() else {}
         if best_state:
@@ -255,14 +302,17 @@ class Trainer:
             valid_metrics = self.evaluate("valid").metrics
         test = self.evaluate("test", return_per_user=True, topk=int(self.config["save_topk"]))
         ds = self.dataset
-        rundir.write_test_exports(self.run_dir, ds, test)
+        main = self.rank == 0                            # rank 0 writes the run directory
+        if main:
+            rundir.write_test_exports(self.run_dir, ds, test)
         # the sparse-item breakdown: test NDCG@20 / Recall@20 by the train popularity of the relevant items
         extra = {"test_by_popularity": metrics_by_popularity(
             test.topk, test.topk_users, ds.csr("test"), np.bincount(ds.train[:, 1], minlength=ds.n_items))} \
             if not ds.is_cold and int(self.config["save_topk"]) >= 20 else {}
         if ds.is_cold:                                   # the new items among the warm ones
             hybrid = self.evaluate("test_hybrid", return_per_user=True, topk=int(self.config["save_topk"]))
-            rundir.write_test_exports(self.run_dir, ds, hybrid, suffix="_hybrid")
+            if main:
+                rundir.write_test_exports(self.run_dir, ds, hybrid, suffix="_hybrid")
             extra = {"test_hybrid": hybrid.metrics, "n_test_users_hybrid": hybrid.n_users,
                      "protocol": "cold_item: test = the cold-test items alone, test_hybrid = warm + cold-test items"}
         secs = self.train_seconds
@@ -282,8 +332,12 @@ class Trainer:
             "commit": self.commits[-1], "commits": self.commits, "version": __version__, "torch": torch.__version__,
             "threads": torch.get_num_threads(), "machine": platform.machine(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **({"world_size": self.world, "peak_rss_mb_per_rank": distributed.all_gather_object(round(peak_rss_mb(), 1))}
+               if self.world > 1 else {}),
         }
-        rundir.atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if main:
+            rundir.atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        distributed.barrier()
         return metrics
 
 
@@ -296,6 +350,12 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     ConvNCF's BPR-MF initialisation) are found, or trained, before it.
     """
     runtime.configure(cfg)                                          # threads, allocator
+    rank, world = distributed.init_from_env(cfg.get("device"))      # torchrun: join its process group
+    if "world_size" in cfg and int(cfg["world_size"]) != world:
+        raise UserError(f"world_size is the number of processes torchrun starts ({world} here), not an option: "
+                        f"launch with torchrun --nproc_per_node N or multikg4rec train --nproc N")
+    if world > 1:                                                   # a data-parallel run is another run
+        cfg = {**cfg, "world_size": world}
     run_dir = Path(run_dir) if run_dir else rundir.run_dir_for(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file; a run directory goes there (move the file, or pass --run-dir)")
@@ -309,16 +369,26 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
     # everything that can fail on bad input happens before the run directory is touched
     reset_peak_rss()
     seed_everything(cfg["seed"])
+    if rank:
+        distributed.barrier()                                       # rank 0 fills the dataset / feature caches
     if dataset is None:
         dataset = load_dataset(cfg["dataset"], cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
     if features is None:
         features = model_features(cfg, dataset)
+    if world > 1 and not rank:
+        distributed.barrier()
     model = build_model(cfg, dataset, features)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = rundir.lock(run_dir)                                     # held until this process ends
-    if rundir.is_finished(run_dir) and not restart:                 # finished by that process meanwhile
+    lock, done = None, None
+    if rank == 0:                                                   # rank 0 alone writes the run directory
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = rundir.lock(run_dir)                                 # held until this process ends
+        done = rundir.is_finished(run_dir) and not restart          # finished by that process meanwhile
+        if not done:
+            rundir.prepare(run_dir, cfg, dataset, restart, features)
+    if distributed.broadcast_object(done):
+        if lock:
+            lock.close()
         return RunResult(run_dir, rundir.read_json(run_dir / "metrics.json"))
-    rundir.prepare(run_dir, cfg, dataset, restart, features)
     trainer = Trainer(model, dataset, cfg, run_dir, quiet=quiet)
     try:
         trainer.fit()
@@ -327,7 +397,8 @@ def run(cfg: dict, run_dir: str | Path | None = None, restart: bool = False, qui
         raise Interrupted(f"interrupted after epoch {trainer.epoch}: state saved in {trainer.ckpt_path}; "
                           f"run the same command again to resume") from None
     finally:
-        lock.close()
-    if not quiet:
+        if lock:
+            lock.close()
+    if not quiet and rank == 0:
         tqdm.write(f"best epoch {metrics['best_epoch']}  test: " + format_metrics(metrics["test"]))
     return RunResult(run_dir, metrics, model, dataset)
