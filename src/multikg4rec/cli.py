@@ -87,7 +87,9 @@ def cmd_train(args, rest) -> int:
     if args.quiet:
         overrides["quiet"] = True          # also the feature build's progress bars (not part of the run's hash)
     cfg = load_config(args.model.lower(), args.dataset, args.config, overrides)
+    from .distributed import shutdown
     res = run(cfg, run_dir=args.run_dir, restart=args.restart, quiet=args.quiet)
+    shutdown()                                            # torchrun: every rank done (no-op in one process)
     m = res.metrics
     if int(os.environ.get("RANK", "0")):                  # torchrun: rank 0 reports
         return 0

@@ -56,6 +56,13 @@ def local_device(device: str | None) -> str | None:
     return device
 
 
+def shutdown() -> None:
+    """Leave the process group once every rank is done (exiting with it open can abort the process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def barrier() -> None:
     if world()[1] > 1:
         dist.barrier()

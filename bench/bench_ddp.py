@@ -1,0 +1,105 @@
+"""Epoch time of data-parallel training (multikg4rec.distributed) against one process, in one invocation:
+1 process x 2 threads, 1 process x 1 thread, and 2 ranks x 1 thread (torchrun, gloo), each timing whole
+training epochs (``Trainer.train_epoch``: CF pass, KG pass, attention update; no evaluation) of the same model
+and data, with peak RSS per rank. Writes a table (ratios against 1 x 2 threads) to ``--write``.
+
+    python bench/bench_ddp.py --dataset ml-1m --models kgat multikg4rec --epochs 3 --write bench/results/ddp.md
+
+The first epoch of each configuration is reported apart (it pays the allocator's and the caches' warm-up);
+the speed-up uses the mean of the others.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchlib import emit
+
+
+def worker(args) -> None:
+    """Under torchrun (or alone): train ``--epochs`` epochs, print one JSON line from rank 0."""
+    import torch
+
+    from multikg4rec import distributed
+    from multikg4rec.config import load_config
+    from multikg4rec.data import load_dataset
+    from multikg4rec.models import build_model, model_features
+    from multikg4rec.runtime import configure, peak_rss_mb, seed_everything
+    from multikg4rec.training import Trainer
+
+    rank, world = distributed.init_from_env()
+    cfg = load_config(args.model, args.dataset, None, {"threads": args.threads, "seed": 0, "quiet": True})
+    cfg |= {"world_size": world} if world > 1 else {}
+    configure(cfg)
+    seed_everything(0)
+    if rank:
+        distributed.barrier()                            # rank 0 fills the caches first
+    ds = load_dataset(args.dataset, cfg, data_dir=cfg.get("data_dir"), cache_dir=cfg.get("cache_dir"))
+    feats = model_features(cfg, ds)
+    if world > 1 and not rank:
+        distributed.barrier()
+    model = build_model(cfg, ds, feats)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(model, ds, cfg, Path(tmp), quiet=True)
+        secs = [trainer.train_epoch()["train_seconds"] for _ in range(args.epochs)]
+    rss = distributed.all_gather_object(round(peak_rss_mb(), 1))
+    if rank == 0:
+        print(json.dumps({"seconds": secs, "rss_mb": rss, "threads": torch.get_num_threads(), "world": world}),
+              flush=True)
+    distributed.shutdown()
+
+
+def launch(model: str, dataset: str, epochs: int, threads: int, nproc: int) -> dict:
+    me = [str(Path(__file__).resolve()), "--worker", "--model", model, "--dataset", dataset, "--epochs", str(epochs),
+          "--threads", str(threads)]
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *me]
+           if nproc > 1 else [sys.executable, *me])
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="ml-1m")
+    ap.add_argument("--models", nargs="+", default=["kgat", "multikg4rec"])
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--write")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    setups = (("1 process x 2 threads", 2, 1), ("1 process x 1 thread", 1, 1), ("2 ranks x 1 thread", 1, 2))
+    lines = [f"## {args.dataset}: data-parallel epochs ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"`python bench/bench_ddp.py --dataset {args.dataset} --models {' '.join(args.models)} --epochs "
+             f"{args.epochs}` on {platform.machine()}, {os.cpu_count()} cores; each setup a fresh launch, one "
+             f"after another. Epoch = CF + KG pass + attention update, no evaluation. 2 ranks: each trains half "
+             f"of every epoch's batches (global batch 2 x batch_size, half the steps).", "",
+             "| model | setup | first epoch s | later epochs s (mean) | speed-up vs 1 x 2 threads | peak RSS MB per rank |",
+             "|---|---|---|---|---|---|"]
+    for m in args.models:
+        base = None
+        for name, threads, nproc in setups:
+            r = launch(m, args.dataset, args.epochs, threads, nproc)
+            later = r["seconds"][1:] or r["seconds"]
+            mean = sum(later) / len(later)
+            base = base or mean
+            lines.append(f"| {m} | {name} | {r['seconds'][0]:.1f} | {mean:.1f} | {base / mean:.2f}x | "
+                         f"{', '.join(f'{x:.0f}' for x in r['rss_mb'])} |")
+            print(lines[-1], flush=True)
+    emit("\n".join(lines) + "\n", args.write)
+
+
+if __name__ == "__main__":
+    main()
