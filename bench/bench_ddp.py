@@ -1,7 +1,8 @@
 """Epoch time of data-parallel training (multikg4rec.distributed) against one process, in one invocation:
 1 process x 2 threads, 1 process x 1 thread, and 2 ranks x 1 thread (torchrun, gloo), each timing whole
 training epochs (``Trainer.train_epoch``: CF pass, KG pass, attention update; no evaluation) of the same model
-and data, with peak RSS per rank. Writes a table (ratios against 1 x 2 threads) to ``--write``.
+and data, with peak RSS per rank. Writes a table (ratios against 1 x 2 threads, and the seconds each epoch spends in the gradient
+all-reduce) to ``--write``.
 
     python bench/bench_ddp.py --dataset ml-1m --models kgat multikg4rec --epochs 3 --write bench/results/ddp.md
 
@@ -46,13 +47,23 @@ def worker(args) -> None:
     if world > 1 and not rank:
         distributed.barrier()
     model = build_model(cfg, ds, feats)
+    comm = [0.0]                                          # seconds in the gradient all-reduce (2 ranks)
+    average = distributed.average_gradients
+
+    def timed_average(*a, **kw):
+        t = time.perf_counter()
+        out = average(*a, **kw)
+        comm[0] += time.perf_counter() - t
+        return out
+    distributed.average_gradients = timed_average
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, ds, cfg, Path(tmp), quiet=True)
         secs = [trainer.train_epoch()["train_seconds"] for _ in range(args.epochs)]
     rss = distributed.all_gather_object(round(peak_rss_mb(), 1))
     if rank == 0:
-        print(json.dumps({"seconds": secs, "rss_mb": rss, "threads": torch.get_num_threads(), "world": world}),
-              flush=True)
+        print(json.dumps({"seconds": secs, "rss_mb": rss, "threads": torch.get_num_threads(), "world": world,
+                          "allreduce_s_per_epoch": comm[0] / args.epochs,
+                          "steps_per_epoch": -(-len(trainer.cf_sampler) // world)}), flush=True)
     distributed.shutdown()
 
 
@@ -86,8 +97,8 @@ def main() -> None:
              f"{args.epochs}` on {platform.machine()}, {os.cpu_count()} cores; each setup a fresh launch, one "
              f"after another. Epoch = CF + KG pass + attention update, no evaluation. 2 ranks: each trains half "
              f"of every epoch's batches (global batch 2 x batch_size, half the steps).", "",
-             "| model | setup | first epoch s | later epochs s (mean) | speed-up vs 1 x 2 threads | peak RSS MB per rank |",
-             "|---|---|---|---|---|---|"]
+             "| model | setup | CF steps per rank | first epoch s | later epochs s (mean) | of which all-reduce s | "
+             "speed-up vs 1 x 2 threads | peak RSS MB per rank |", "|---|---|---|---|---|---|---|---|"]
     for m in args.models:
         base = None
         for name, threads, nproc in setups:
@@ -95,8 +106,9 @@ def main() -> None:
             later = r["seconds"][1:] or r["seconds"]
             mean = sum(later) / len(later)
             base = base or mean
-            lines.append(f"| {m} | {name} | {r['seconds'][0]:.1f} | {mean:.1f} | {base / mean:.2f}x | "
-                         f"{', '.join(f'{x:.0f}' for x in r['rss_mb'])} |")
+            comm = f"{r['allreduce_s_per_epoch']:.1f}" if nproc > 1 else ""
+            lines.append(f"| {m} | {name} | {r['steps_per_epoch']} | {r['seconds'][0]:.1f} | {mean:.1f} | {comm} | "
+                         f"{base / mean:.2f}x | {', '.join(f'{x:.0f}' for x in r['rss_mb'])} |")
             print(lines[-1], flush=True)
     emit("\n".join(lines) + "\n", args.write)
 

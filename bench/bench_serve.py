@@ -2,7 +2,8 @@
 
 For each bundle: 1 / 8 / 32 concurrent clients send GET /recommend (random users) and POST /recommend
 (random 5-item sessions); requests/s, p50 / p99 latency, failures, and the server's peak RSS. With a bundle
-whose model embeds new items (content_knn): the time from POST /items to the item in a GET /recommend,
+whose model embeds new items (content_knn; the graph models, given the KG links of an existing item, rebuilt
+over the grown graph by multikg4rec.foldin): the time from POST /items to the item in a GET /recommend,
 items added while GET traffic runs (no request may fail), and a SIGKILL + restart that must serve every item
 added before the kill.
 
@@ -85,6 +86,20 @@ def load(url: str, make_request, clients: int, n: int, seconds: float) -> dict:
             "p99": float(np.percentile(a, 99)), "failed": fails[0]}
 
 
+def graph_links(bundle: Path, model: str) -> list[dict]:
+    """For a graph model (multikg4rec.foldin): the KG triples of the bundle's item with the most, as a new
+    item's links; none for the other models."""
+    from multikg4rec.bundle import Bundle
+    from multikg4rec.foldin import GROWABLE
+    if model not in GROWABLE:
+        return []
+    ds = Bundle(bundle).dataset
+    kg = ds.kg[ds.kg[:, 0] < ds.n_items]
+    x = int(np.bincount(kg[:, 0]).argmax())
+    tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
+    return [{"relation": str(ds.relation_tokens[r]), "entity": tok(t)} for _, r, t in kg[kg[:, 0] == x]]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", nargs="+", type=Path, required=True)
@@ -117,12 +132,15 @@ def main() -> None:
                 lines.append(f"| {b.name} ({h['model']}) | {name} | {clients} | {r['requests']} | {r['rps']:.0f} | "
                              f"{r['p50']:.1f} | {r['p99']:.1f} | {r['failed']} |")
         can_add = httpx.get(url + "/models").json()[0]["can_add_items"]
+        links = graph_links(b, h["model"])
         if can_add:
             t0 = time.perf_counter()
-            httpx.post(url + "/items", json={"item": "bench-new-0", "text": "A new film. Genres: Drama."}, timeout=120)
+            httpx.post(url + "/items", json={"item": "bench-new-0", "text": "A new film. Genres: Drama.", "links": links},
+                       timeout=120)
             first = time.perf_counter() - t0                       # includes loading the encoder once
             t0 = time.perf_counter()
-            httpx.post(url + "/items", json={"item": "bench-new-1", "text": "Another film. Genres: Comedy."})
+            httpx.post(url + "/items", json={"item": "bench-new-1", "text": "Another film. Genres: Comedy.",
+                                             "links": links}, timeout=120)
             n_now = httpx.get(url + "/health").json()["items"]
             ok = any(it["item"] == "bench-new-1" for it in
                      httpx.get(url + f"/recommend?user=1&k={n_now}").json()["items"])
@@ -131,8 +149,8 @@ def main() -> None:
 
             def adder():
                 for k in range(2, 22):
-                    adder_fail[0] += httpx.post(url + "/items", json={"item": f"bench-new-{k}", "text": f"Film {k}."},
-                                                timeout=60).status_code >= 400
+                    adder_fail[0] += httpx.post(url + "/items", json={"item": f"bench-new-{k}", "text": f"Film {k}.",
+                                                                     "links": links}, timeout=120).status_code >= 400
             t = threading.Thread(target=adder)
             t.start()
             r = load(url, get_rec, 8, args.requests, args.seconds)
