@@ -68,8 +68,12 @@ def _parse_overrides(rest: list[str]) -> dict:
 
 def _launch(argv: list[str], nproc: int) -> int:
     """``multikg4rec train --nproc N``: the same command under torchrun's launcher, N processes on this machine."""
-    drop = [i for i, a in enumerate(argv) if a == "--nproc" or a.startswith("--nproc=")]
-    keep = [a for i, a in enumerate(argv) if i not in drop and not (i - 1 in drop and argv[i - 1] == "--nproc")]
+    keep, args = [], iter(argv)
+    for a in args:                                        # the command without --nproc N / --nproc=N
+        if a == "--nproc":
+            next(args, None)
+        elif not a.startswith("--nproc="):
+            keep.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
            "-m", "multikg4rec", *keep]
     import subprocess

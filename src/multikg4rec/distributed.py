@@ -126,7 +126,7 @@ def all_sum(values: list[float]) -> list[float]:
     return t.tolist()
 
 
-def merge_eval(parts: list, evaluator_ks) -> "object":
+def merge_eval(parts: list):
     """One :class:`~multikg4rec.evaluation.EvalResult` from the ranks' results on their user shards (each with
     per-user values): per-user arrays concatenated in user order, metrics their means (one process's)."""
     from .evaluation import EvalResult

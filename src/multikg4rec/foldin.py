@@ -53,9 +53,11 @@ def grow_dataset(ds, items: list[NewItem] = (), users: list[tuple[str, list[int]
     from .data.dataset import COLD_TEST, Dataset
     a, n_i, n_e, n_u = len(items), ds.n_items, ds.n_entities, ds.n_users
     ent_map = np.concatenate([np.arange(n_i), np.arange(n_i + a, n_e + a)]).astype(np.int64)
-    entity_of = {str(t): k for k, t in enumerate(ds.entity_tokens) if str(t)}
-    entity_of |= {str(t): k for k, t in enumerate(ds.item_tokens)}          # an item token names the item
-    relation_of = {str(t): k for k, t in enumerate(ds.relation_tokens)}
+    entity_of, relation_of = {}, {}
+    if any(it.links for it in items):                  # token lookups only when there are links to resolve
+        entity_of = {str(t): k for k, t in enumerate(ds.entity_tokens) if str(t)}
+        entity_of |= {str(t): k for k, t in enumerate(ds.item_tokens)}      # an item token names the item
+        relation_of = {str(t): k for k, t in enumerate(ds.relation_tokens)}
     new_tokens = [it.token for it in items]
     for k, it in enumerate(items):
         entity_of[it.token] = -(k + 1)                                       # a new item may link a new item

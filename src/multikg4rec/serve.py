@@ -219,23 +219,20 @@ class Service:
         return item_content(full, mods, 1)[0][0]
 
     def _dims(self) -> dict:
-        from .rundir import run_features
-        if not hasattr(self, "_dim_cache"):
-            self._dim_cache = {m: x.shape[1] for m, (x, _) in (run_features(self.bundle.path) or {}).items()}
-        return self._dim_cache
+        return {m: x.shape[1] for m, (x, _) in (self._features() or {}).items()}
 
     def add_item(self, item: str, text: str | None, image: str | None, row: torch.Tensor | None = None,
                  persist: bool = True, title: str | None = None, links: list | None = None) -> int:
         ok, why = self.can_add_items()
         if not ok:
             raise ValueError(why)
+        if title is None:
+            title = text.splitlines()[0][:200] if text else ""
         if self.graph:
             content = self.encode_content(text, image)
             if not content and not links:
                 raise ValueError(f"the item needs content in one of the model's modalities "
                                  f"{list(self.bundle.config.get('modalities') or [])} or KG links")
-            if title is None:
-                title = text.splitlines()[0][:200] if text else ""
             return self._add_graph_items([{"item": item, "title": title, "links": links or [], "content": content}],
                                          persist)
         with self.lock:
@@ -243,8 +240,6 @@ class Service:
                 raise KeyError(f"item {item!r} exists")
             if row is None:
                 row = self.encode_item(text, image)
-            if title is None:
-                title = text.splitlines()[0][:200] if text else ""
             entry = {"item": item, "title": title, "row": [float(x) for x in row]}
             if persist:
                 with open(self.journal, "a", encoding="utf-8") as f:   # one line, flushed before it counts

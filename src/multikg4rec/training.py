@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -181,7 +181,7 @@ class Trainer:
         if self.world > 1:                               # users sharded over the ranks, merged in user order
             shard = np.arange(self.dataset.n_users)[self.rank::self.world]
             part = self._evaluate(split, users=shard, **{**kw, "return_per_user": True})
-            return distributed.merge_eval(distributed.all_gather_object(part), self.evaluator.ks)
+            return distributed.merge_eval(distributed.all_gather_object(part))
         return self._evaluate(split, **kw)
 
     def _evaluate(self, split: str, **kw):

@@ -6,10 +6,11 @@ the end of training from the run's full ranking). An archived run from before ha
 from, so the table re-trains it here (the same config: the same split and, on CPU, the same weights) and takes
 the breakdown only when the re-run's test metrics equal the archived ones to every digit; the breakdown is
 then added to the archived ``metrics.json`` and the re-run's ``topk.tsv`` beside it, so the numbers recompute
-from the archive (``tests/test_committed_results.py``).
+from the archive and the split (``tests/test_popularity.py``).
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -44,7 +45,7 @@ def missing(jobs: list[Job], common: dict, archive: Path) -> list[Job]:
 
 def adopt(jobs: list[Job], common: dict, archive: Path) -> list[str]:
     """Add the breakdown of each re-trained run to its archived copy when the two runs agree on every test
-    metric; returns a line per run that disagrees (its archived copy keeps no breakdown)."""
+    metric; warns of, and returns, a line per run that disagrees (its archived copy keeps no breakdown)."""
     problems = []
     for job in jobs:
         cfg = job.config(common)
@@ -55,20 +56,18 @@ def adopt(jobs: list[Job], common: dict, archive: Path) -> list[str]:
         if KEY in a or KEY not in b:
             continue
         if a["test"] != b["test"]:
-            diff = {k: (a["test"][k], b["test"].get(k)) for k in a["test"] if a["test"][k] != b["test"].get(k)}
-            k0 = next(iter(diff))
+            k = next(k for k in a["test"] if a["test"][k] != b["test"].get(k))
             problems.append(f"{job.label} {job.dataset} seed {job.seed}: the re-run differs from the archived run "
-                            f"({k0}: {diff[k0][1]} vs {diff[k0][0]}); its breakdown is not used")
+                            f"({k}: {b['test'].get(k)} vs {a['test'][k]}); its breakdown is not used")
+            log.warning(problems[-1])          # a property of this machine's re-runs, not of the archive
             continue
         if (local / "topk.tsv").is_file():
             shutil.copy2(local / "topk.tsv", kept / "topk.tsv")
-        import json
         atomic_write_text(kept / "metrics.json", json.dumps({**a, KEY: b[KEY]}, indent=2) + "\n")
     return problems
 
 
-def summarize_popularity(rows: list[dict], out_dir: Path, command: str | None = None,
-                         problems: list[str] | None = None) -> str:
+def summarize_popularity(rows: list[dict], out_dir: Path, command: str | None = None) -> str:
     """``popularity.md``: per dataset, NDCG@20 and Recall@20 per popularity bucket (mean ± std over seeds),
     with each bucket's item and user counts."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,8 +101,6 @@ def summarize_popularity(rows: list[dict], out_dir: Path, command: str | None = 
                     cells.append(f"**{c}**" if c and best[b] == lab and v.mean() > 0 else c)
                 lines.append(f"| {lab} | {len(rs)} | " + " | ".join(cells) + " |")
             lines.append("")
-    for p in problems or []:                  # a property of this machine's re-runs, not of the archive
-        log.warning(p)
     text = "\n".join(lines) + "\n"
     (out_dir / "popularity.md").write_text(text, encoding="utf-8")
     return text

@@ -44,7 +44,8 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
             run_jobs_parallel(todo, common, jobs_at_once, out / "status.json", where)
         else:
             run_jobs(todo, common, status_file=out / "status.json", archive=where)
-    problems = adopt(jobs, common, archive) if table == "popularity" else []
+    if table == "popularity":
+        adopt(jobs, common, archive)
     rows = collect(jobs, common, archive)
     if not rows:
         raise UserError(f"no finished runs for {table} yet")
@@ -55,7 +56,7 @@ def reproduce(table: str, datasets: list[str], seeds: int, common: dict, out_roo
     if table == "coldstart":
         print(summarize_coldstart(rows, out, command=command, planned=jobs))
     elif table == "popularity":
-        print(summarize_popularity(rows, out, command=command, problems=problems))
+        print(summarize_popularity(rows, out, command=command))
     else:
         print(summarize(table, rows, out, command=command, planned=jobs))
     return out
