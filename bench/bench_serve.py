@@ -54,36 +54,54 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def load(url: str, make_request, clients: int, n: int, seconds: float) -> dict:
-    """``n`` requests (at most ``seconds``) from ``clients`` threads, each with its own keep-alive client."""
-    lat, fails, count = [], [0], [0]
-    lock = threading.Lock()
-    stop_at = time.perf_counter() + seconds
+def load(url: str, make_request, clients: int, n: int, seconds: float, rate: float | None = None) -> dict:
+    """``n`` requests (at most ``seconds``) over ``clients`` keep-alive connections, from one asyncio client
+    (aiohttp on uvloop: the load generator must cost the shared cores less than the server).
 
-    def worker(k):
-        rng = np.random.default_rng(k)
-        with httpx.Client(base_url=url, timeout=30) as c:
-            while True:
-                with lock:
-                    if count[0] >= n or time.perf_counter() > stop_at:
-                        return
+    Closed loop (``rate`` None): each connection sends its next request when the last is answered, so the
+    requests/s is the server's throughput at that concurrency. Open loop (``rate`` req/s): the connections
+    send on a fixed schedule, ``rate / clients`` each, and a request's latency counts from its scheduled
+    time, so a server that falls behind shows it in the tail (no coordinated omission)."""
+    import asyncio
+
+    import aiohttp
+    import uvloop
+
+    async def run():
+        lat, fails, count = [], [0], [0]
+        t0 = time.perf_counter()
+        stop_at = t0 + seconds
+
+        async def worker(k):
+            rng = np.random.default_rng(k)
+            async with aiohttp.ClientSession(url, connector=aiohttp.TCPConnector(limit=1)) as s:
+                j = 0
+                while count[0] < n and time.perf_counter() < stop_at:
                     count[0] += 1
-                t0 = time.perf_counter()
-                try:
-                    bad = make_request(c, rng).status_code >= 400
-                except httpx.HTTPError:                      # a reset or a timeout is a failed request
-                    bad = True
-                dt = time.perf_counter() - t0
-                with lock:
-                    lat.append(dt)
+                    due = time.perf_counter()
+                    if rate is not None:
+                        due = t0 + (j * clients + k) / rate
+                        j += 1
+                        if (wait := due - time.perf_counter()) > 0:
+                            await asyncio.sleep(wait)
+                    try:
+                        bad = await make_request(s, rng) >= 400
+                    except (aiohttp.ClientError, asyncio.TimeoutError):   # a reset or a timeout: failed
+                        bad = True
+                    lat.append(time.perf_counter() - due)
                     fails[0] += bad
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as ex:
-        list(ex.map(worker, range(clients)))
-    wall = time.perf_counter() - t0
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        return lat, fails[0], time.perf_counter() - t0
+    lat, failed, wall = uvloop.run(run())
     a = np.array(lat) * 1e3
     return {"requests": len(a), "rps": len(a) / wall, "p50": float(np.percentile(a, 50)),
-            "p99": float(np.percentile(a, 99)), "failed": fails[0]}
+            "p99": float(np.percentile(a, 99)), "failed": failed}
+
+
+async def status_of(response_cm) -> int:
+    async with response_cm as r:
+        await r.read()
+        return r.status
 
 
 def graph_links(bundle: Path, model: str) -> list[dict]:
@@ -105,32 +123,41 @@ def main() -> None:
     ap.add_argument("--bundle", nargs="+", type=Path, required=True)
     ap.add_argument("--requests", type=int, default=2000, help="per (endpoint, clients) cell (default 2000)")
     ap.add_argument("--seconds", type=float, default=20.0, help="time cap per cell (default 20)")
+    ap.add_argument("--rate", type=float, default=1000.0, help="open-loop GET /recommend rate, req/s (default 1000)")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args()
     lines = ["# `multikg4rec serve` under load", "",
              f"`python bench/bench_serve.py --bundle {' '.join(str(b) for b in args.bundle)} --requests {args.requests} "
-             f"--seconds {args.seconds}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+             f"--seconds {args.seconds} --rate {args.rate:g}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
              f"{os.cpu_count()} cores (the client threads share them with the server), loopback only.", "",
-             "| bundle | endpoint | clients | requests | req/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|---|---|"]
+             "Load: *closed* = each connection sends its next request when the last is answered (req/s is the "
+             "throughput at that concurrency, and latency = clients / throughput); *N/s* = open loop, the "
+             "connections together send N requests a second on a fixed schedule and latency counts from the "
+             "scheduled time.", "",
+             "| bundle | endpoint | clients | load | requests | req/s | p50 ms | p99 ms | failed |",
+             "|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for b in args.bundle:
         (b / "journal.jsonl").unlink(missing_ok=True)             # items a crashed earlier call added
         proc, url = start(b)
         h = httpx.get(url + "/health").json()
-        users = [str(u) for u in range(1, 50)]
+        from multikg4rec.bundle import Bundle
+        users = [str(u) for u in Bundle(b).dataset.user_tokens]          # every user, drawn at random
         items = [it["item"] for it in httpx.get(url + "/items?q=&limit=200").json()["items"]]
 
         def get_rec(c, rng):
-            return c.get(f"/recommend?user={users[rng.integers(len(users))]}&k=20")
+            return status_of(c.get(f"/recommend?user={users[rng.integers(len(users))]}&k=20"))
 
         def post_rec(c, rng):
-            return c.post("/recommend", json={"items": list(rng.choice(items, 5, replace=False)), "k": 20})
-        for name, fn in (("GET /recommend", get_rec), ("POST /recommend", post_rec)):
-            for clients in (1, 8, 32):
-                r = load(url, fn, clients, args.requests, args.seconds)
-                print(b.name, name, clients, {k: round(v, 1) for k, v in r.items()}, flush=True)
-                lines.append(f"| {b.name} ({h['model']}) | {name} | {clients} | {r['requests']} | {r['rps']:.0f} | "
-                             f"{r['p50']:.1f} | {r['p99']:.1f} | {r['failed']} |")
+            return status_of(c.post("/recommend", json={"items": [str(x) for x in rng.choice(items, 5, replace=False)],
+                                                        "k": 20}))
+        cells = [("GET /recommend", get_rec, c, None) for c in (1, 8, 32)] + [("GET /recommend", get_rec, 32, args.rate)]
+        cells += [("POST /recommend", post_rec, c, None) for c in (1, 8, 32)]
+        for name, fn, clients, rate in cells:
+            r = load(url, fn, clients, args.requests, args.seconds, rate)
+            print(b.name, name, clients, rate, {k: round(v, 1) for k, v in r.items()}, flush=True)
+            lines.append(f"| {b.name} ({h['model']}) | {name} | {clients} | {'closed' if rate is None else f'{rate:.0f}/s'} "
+                         f"| {r['requests']} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['failed']} |")
         can_add = httpx.get(url + "/models").json()[0]["can_add_items"]
         links = graph_links(b, h["model"])
         if can_add:
