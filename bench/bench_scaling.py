@@ -126,7 +126,7 @@ def main() -> None:
                 lines.append(f"| {d} | | | | {m} | does not run: {r['error']} | | | | | |")
             else:
                 lines.append(f"| {d} | {r['interactions']:,} | {r['users']:,} | {r['items']:,} | {m} | {r['step_ms']:.0f} | "
-                             f"{r['cf_steps']} | {r['epoch_s']:.0f} | {r.get('attention_s', 0):.1f} | {r['eval_s']:.0f} | "
+                             f"{r['cf_steps']} | {r['epoch_s']:.1f} | {r.get('attention_s', 0):.1f} | {r['eval_s']:.1f} | "
                              f"{r['peak_rss_mb']:.0f} |")
             print(lines[-1], flush=True)
     emit("\n".join(lines) + "\n", args.write)

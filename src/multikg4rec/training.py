@@ -320,7 +320,8 @@ class Trainer:
             "model": self.config["model"], "dataset": ds.name, "seed": self.config["seed"],
             "valid": valid_metrics, "test": test.metrics, **extra,
             "best_epoch": self.best_epoch, "epochs_run": self.epoch,
-            "seconds_per_epoch": round(float(np.mean(secs)), 3) if secs else None,
+            # the median: one epoch slowed by a shared or paused machine does not move it
+            "seconds_per_epoch": round(float(np.median(secs)), 3) if secs else None,
             "train_seconds_total": round(float(np.sum(secs)), 1),
             "peak_rss_mb": round(peak_rss_mb(), 1), "device": str(self.device),
             **({"peak_gpu_mb": round(torch.cuda.max_memory_allocated(self.device) / 2 ** 20, 1)}
