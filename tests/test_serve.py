@@ -84,12 +84,20 @@ def kgat_server(runs):
 
 
 def test_get_recommend_equals_the_cli(kgat_server, runs, capsys):
+    """Every user's list of `multikg4rec recommend` (all users): k within the server's precomputed top lists
+    (TOP_CACHE_K) and beyond them (ranked per request) give the same items in the same order."""
+    from multikg4rec.serve import TOP_CACHE_K
     run = runs["kgat"][0]
-    for user in ("1", "42", "917"):
-        main(["recommend", "--run", str(run), "--users", user, "--k", "15", "--no-labels"])
-        want = [ln.split("\t")[2] for ln in capsys.readouterr().out.splitlines()[1:]]
-        got = kgat_server.get(f"/recommend?user={user}&k=15").json()["items"]
-        assert [it["item"] for it in got] == want and [it["rank"] for it in got] == list(range(1, 16))
+    k_big = TOP_CACHE_K + 30
+    main(["recommend", "--run", str(run), "--all-users", "--k", str(k_big), "--no-labels"])
+    want: dict[str, list[str]] = {}
+    for ln in capsys.readouterr().out.splitlines()[1:]:
+        user, _, item = ln.split("\t")[:3]
+        want.setdefault(user, []).append(item)
+    for user in ("1", "42", "917", "943"):
+        for k in (15, k_big):
+            got = kgat_server.get(f"/recommend?user={user}&k={k}").json()["items"]
+            assert [it["item"] for it in got] == want[user][:k] and [it["rank"] for it in got] == list(range(1, k + 1))
     r = kgat_server.get("/recommend?user=1&k=5&exclude=none").json()["items"]
     assert len(r) == 5 and all(it["title"] for it in r)          # titles from the bundle's catalogue
 

@@ -70,8 +70,13 @@ def item_labels(dataset, data_dir=None, width: int = 60) -> np.ndarray | None:
     return np.asarray([t if len(t) <= width else t[: width - 1] + "…" for t in out], dtype=object)
 
 
+#: users scored together by ``multikg4rec recommend``: a float32 matrix product can round a row's scores
+#: differently in another batch shape, so a ranking that must equal it scores the same blocks of users
+BATCH = 1024
+
+
 @torch.no_grad()
-def rank_items(model, dataset, users: np.ndarray, k: int, exclude: str = "all", batch_size: int = 1024
+def rank_items(model, dataset, users: np.ndarray, k: int, exclude: str = "all", batch_size: int = BATCH
                ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k internal item ids and scores for internal user ids ``users``: ``(items, scores)``, both
     (len(users), k); a slot past the user's candidates (fewer than k unseen items) holds -1 / nan."""

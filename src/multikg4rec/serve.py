@@ -33,11 +33,15 @@ from .bundle import Bundle
 from .errors import UserError
 from .evaluation import Evaluator
 from .foldin import GROWABLE, FoldInError, NewItem as GraphItem, grow
+from .recommend import BATCH
 
 #: the known interactions ``exclude`` leaves out, as ``multikg4rec recommend``
 EXCLUDE = {"all": ("train", "valid", "test"), "train+valid": ("train", "valid"), "train": ("train",), "none": ()}
 #: largest request body accepted (a session's item list, a new item's text)
 MAX_BODY = 1 << 20
+#: GET /recommend answers k up to this from every user's top list, ranked in one batched pass when the
+#: catalogue changes (the evaluator's ranking, as ``multikg4rec recommend``); a larger k is ranked per request
+TOP_CACHE_K = 100
 #: how each model scores an anonymous profile (POST /recommend)
 FOLD_IN = {
     "content_knn": "exact: the profile is the mean of the items' content rows, the model's own user rule",
@@ -103,7 +107,13 @@ class Service:
         self.new_items: list[GraphItem] = []
         self.fold_lock = threading.Lock()                # one rebuild at a time (each holds a whole model)
         self.journal = self.bundle.path / "journal.jsonl"
+        self.version = 0                                 # bumped whenever the catalogue's rows change
+        self._top: dict[str, tuple] = {}                 # exclude -> (version, top ids, valid, scores)
+        self._top_lock = threading.Lock()
+        self._loading = True                             # replaying the journal: rank once, at the end
         self._replay()
+        self._loading = False
+        self.refresh_top(wait=True)
 
     # ---- scoring
     def _item_rows(self) -> torch.Tensor | None:
@@ -114,18 +124,70 @@ class Service:
             return None
         return rows if extra is None else torch.cat([rows, extra])
 
+    def refresh_top(self, exclude: str = "all", wait: bool = False) -> None:
+        """Rank every trained user's top ``TOP_CACHE_K`` against the current catalogue in one batched pass
+        (in a background thread unless ``wait``); until it lands, GET /recommend ranks per request. Models
+        scored by a network rather than by rows (KGCN, ConvNCF) are always ranked per request."""
+        if self.rows[1] is None:
+            return
+
+        def work(version=self.version, users_now=self.rows[0], items=self._item_rows()):
+            n = items.shape[0]
+            ev = Evaluator(n, batch_size=BATCH)          # `recommend`'s blocks of users (``user_scores``)
+            known = [m if n == self.n_base else sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
+                     for m in (self.known[x] for x in EXCLUDE[exclude])]   # added items: nobody has seen them
+            exc = ev.exclusion(known, users_now.shape[0]) if known else None
+            k = min(TOP_CACHE_K, n)
+            tops, valids, scores = [], [], []
+            for _, top, valid, sc in ev.ranked(lambda u: users_now[u] @ items.T,
+                                               np.arange(users_now.shape[0]), k, exc):
+                tops.append(top.numpy())
+                valids.append(valid.numpy())
+                scores.append(sc.double().numpy())
+            with self._top_lock:
+                if version == self.version:              # the catalogue did not change meanwhile
+                    self._top[exclude] = (version, np.concatenate(tops), np.concatenate(valids),
+                                          np.concatenate(scores))
+        if wait:
+            work()
+        else:
+            threading.Thread(target=work, daemon=True, name="refresh-top").start()
+
+    def cached_top(self, user: int, k: int, exclude: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A trained user's top-k from the batched pass of :meth:`refresh_top`, or None (k over the cache,
+        another exclusion set, or a catalogue that changed since)."""
+        hit = self._top.get(exclude)
+        if hit is None or hit[0] != self.version or k > hit[1].shape[1]:
+            return None
+        _, top, valid, scores = hit
+        keep = valid[user, :k]
+        return top[user, :k][keep], scores[user, :k][keep]
+
+    def _changed(self) -> None:
+        """The catalogue's rows changed: the cached top lists are stale; rank them again in the background."""
+        with self._top_lock:
+            self.version += 1
+        if not self._loading:
+            self.refresh_top()
+
     def rank(self, user_vec: torch.Tensor | None, user: int | None, k: int, exclude_items=None,
              exclude: str = "all", item_rows: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Top-k item ids and scores for internal ``user`` (a trained user) or ``user_vec`` (a profile, scored
         against ``item_rows``, default the catalogue's), the user's known items (``exclude``) and
         ``exclude_items`` left out: the evaluator's ranking."""
+        if user is not None and exclude_items is None and item_rows is None:
+            if (hit := self.cached_top(user, k, exclude)) is not None:
+                return hit
         users_now = self.rows[0]
         items = self._item_rows() if item_rows is None else item_rows
         n = self.n_base if items is None else items.shape[0]
         if user is not None and items is None:          # KGCN / ConvNCF: the rebuilt model scores
             scores = self.bundle.scores(torch.tensor([user]))
+        elif user is not None:                          # scored in `recommend`'s block of users: the same bits
+            lo = user - user % BATCH
+            scores = (users_now[lo:lo + BATCH] @ items.T)[user - lo:user - lo + 1]
         else:
-            scores = (users_now[user:user + 1] if user is not None else user_vec[None, :]) @ items.T
+            scores = user_vec[None, :] @ items.T
         if user is not None and n == self.n_base and exclude_items is None:
             ev, exc, batch = self.evaluator, self.exclusions[exclude], np.array([user])   # `recommend`'s sets
         else:                                           # a profile, or a catalogue with added items
@@ -252,6 +314,7 @@ class Service:
             self.titles = {**self.titles, item: entry["title"]}
             self.added.append(entry)
             self.extra_rows = new if self.extra_rows is None else torch.cat([self.extra_rows, new])
+            self._changed()
             return idx
 
     def _add_graph_items(self, entries: list[dict], persist: bool) -> int:
@@ -281,6 +344,7 @@ class Service:
             self.new_items = self.new_items + new
             self.added = self.added + [{"item": t} for t in names]
             self.rows = model.scoring_rows()
+            self._changed()
             return first + len(names) - 1
 
     def _replay(self) -> None:
@@ -519,8 +583,13 @@ def create_app(bundle_path: str | Path):
 
 
 def serve(bundle_path: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "warning") -> None:
+    import gc
+
     import uvicorn
     app = create_app(bundle_path)
+    gc.collect()
+    gc.freeze()            # the loaded bundle's objects leave the collector's generations: no full collection
+                           # walks them again while requests are served
     print(f"serving {app.state.service.name} from {bundle_path} on http://{host}:{port}/ (API docs: /docs)",
           flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
