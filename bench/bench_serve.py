@@ -7,7 +7,11 @@ over the grown graph by multikg4rec.foldin): the time from POST /items to the it
 items added while GET traffic runs (no request may fail), and a SIGKILL + restart that must serve every item
 added before the kill.
 
-    python bench/bench_serve.py --bundle B1 [B2 ...] [--requests 2000] [--seconds 20] [--write bench/results/serve.md]
+    python bench/bench_serve.py --bundle B1 [B2 ...] [--requests 2000] [--seconds 20] [--baseline-src CHECKOUT]
+        [--write bench/results/serve.md]
+
+``--baseline-src``: a checkout of another commit (``git worktree add DIR REV``) whose server answers the GET
+cells first, in the same invocation, so the table holds a before / after pair measured side by side.
 """
 from __future__ import annotations
 
@@ -33,10 +37,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(bundle: Path):
+def start(bundle: Path, src: Path | None = None):
+    """A server for ``bundle`` on a free loopback port; ``src``: a checkout whose ``src/`` it imports instead
+    (the baseline of ``--baseline-src``)."""
     port = free_port()
+    env = dict(os.environ, **({"PYTHONPATH": str(src / "src")} if src else {}))
     p = subprocess.Popen([sys.executable, "-m", "multikg4rec.cli", "serve", "--bundle", str(bundle), "--port", str(port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -124,18 +131,23 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000, help="per (endpoint, clients) cell (default 2000)")
     ap.add_argument("--seconds", type=float, default=20.0, help="time cap per cell (default 20)")
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop GET /recommend rate, req/s (default 1000)")
+    ap.add_argument("--baseline-src", type=Path,
+                    help="another checkout (e.g. `git worktree add /tmp/base REV`): its server answers the GET "
+                         "cells first, as the baseline of the same invocation")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args()
+    base_rev = (subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "--short", "HEAD"], text=True,
+                               stdout=subprocess.PIPE).stdout.strip() if args.baseline_src else None)
     lines = ["# `multikg4rec serve` under load", "",
              f"`python bench/bench_serve.py --bundle {' '.join(str(b) for b in args.bundle)} --requests {args.requests} "
-             f"--seconds {args.seconds} --rate {args.rate:g}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
+             f"--seconds {args.seconds} --rate {args.rate:g}{f' --baseline-src <checkout of {base_rev}>' if args.baseline_src else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
              f"{os.cpu_count()} cores (the client threads share them with the server), loopback only.", "",
              "Load: *closed* = each connection sends its next request when the last is answered (req/s is the "
              "throughput at that concurrency, and latency = clients / throughput); *N/s* = open loop, the "
              "connections together send N requests a second on a fixed schedule and latency counts from the "
              "scheduled time.", "",
-             "| bundle | endpoint | clients | load | requests | req/s | p50 ms | p99 ms | failed |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| bundle | server | endpoint | clients | load | requests | req/s | p50 ms | p99 ms | failed |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for b in args.bundle:
         (b / "journal.jsonl").unlink(missing_ok=True)             # items a crashed earlier call added
@@ -151,13 +163,21 @@ def main() -> None:
         def post_rec(c, rng):
             return status_of(c.post("/recommend", json={"items": [str(x) for x in rng.choice(items, 5, replace=False)],
                                                         "k": 20}))
-        cells = [("GET /recommend", get_rec, c, None) for c in (1, 8, 32)] + [("GET /recommend", get_rec, 32, args.rate)]
-        cells += [("POST /recommend", post_rec, c, None) for c in (1, 8, 32)]
-        for name, fn, clients, rate in cells:
-            r = load(url, fn, clients, args.requests, args.seconds, rate)
-            print(b.name, name, clients, rate, {k: round(v, 1) for k, v in r.items()}, flush=True)
-            lines.append(f"| {b.name} ({h['model']}) | {name} | {clients} | {'closed' if rate is None else f'{rate:.0f}/s'} "
-                         f"| {r['requests']} | {r['rps']:.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['failed']} |")
+        gets = [("GET /recommend", get_rec, c, None) for c in (1, 8, 32)] + [("GET /recommend", get_rec, 32, args.rate)]
+        cells = [("this checkout", proc, url, gets + [("POST /recommend", post_rec, c, None) for c in (1, 8, 32)])]
+        if args.baseline_src:
+            base_proc, base_url = start(b, args.baseline_src)
+            cells.insert(0, ("baseline", base_proc, base_url, gets))
+        for who, server, at, todo in cells:
+            for name, fn, clients, rate in todo:
+                r = load(at, fn, clients, args.requests, args.seconds, rate)
+                print(b.name, who, name, clients, rate, {k: round(v, 1) for k, v in r.items()}, flush=True)
+                lines.append(f"| {b.name} ({h['model']}) | {who} | {name} | {clients} | "
+                             f"{'closed' if rate is None else f'{rate:.0f}/s'} | {r['requests']} | {r['rps']:.0f} | "
+                             f"{r['p50']:.1f} | {r['p99']:.1f} | {r['failed']} |")
+            if who == "baseline":
+                server.send_signal(signal.SIGTERM)
+                server.wait()
         can_add = httpx.get(url + "/models").json()[0]["can_add_items"]
         links = graph_links(b, h["model"])
         if can_add:

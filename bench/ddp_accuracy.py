@@ -2,7 +2,7 @@
 Table 2's config for the model, seeds 0..S-1) beside the archived one-process Table 2 runs of the same config
 (``results/runs``), with the one-process seed spread. Resumable: finished runs are found again.
 
-    python bench/ddp_accuracy.py --datasets ml-100k --models kgat --seeds 2 --write bench/results/ddp_accuracy.md
+    python bench/ddp_accuracy.py --datasets ml-100k --models kgat --seeds 2 [--lr-scale 2] --write bench/results/ddp_accuracy.md
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", default=["ml-100k"])
     ap.add_argument("--models", nargs="+", default=["kgat", "multikg4rec"])
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--lr-scale", type=float, default=1.0,
+                    help="world size 2 runs use the config's learning_rate times this (default 1: unchanged)")
     ap.add_argument("--output-dir", default="runs")
     ap.add_argument("--write")
     args = ap.parse_args()
@@ -34,9 +36,9 @@ def main() -> None:
     from multikg4rec.experiments.jobs import table_job
     lines = [f"## Test NDCG@20 at world size 2 against world size 1 ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
              "", f"`python bench/ddp_accuracy.py --datasets {' '.join(args.datasets)} --models {' '.join(args.models)} "
-             f"--seeds {args.seeds}` on {platform.machine()}, {os.cpu_count()} cores. World size 1: the archived Table 2 "
+             f"--seeds {args.seeds} --lr-scale {args.lr_scale:g}` on {platform.machine()}, {os.cpu_count()} cores. World size 1: the archived Table 2 "
              "runs (results/runs); world size 2: `multikg4rec train --nproc 2` with the same config (global batch "
-             "2 x batch_size, the same learning rate, early stopping on valid).", "",
+             f"2 x batch_size, learning_rate x {args.lr_scale:g}, early stopping on valid).", "",
              "| dataset | model | world size 1: seeds, mean ± std (min-max) | world size 2: per seed | ws2 mean | within ws1 range | s/epoch ws1 -> ws2 |",
              "|---|---|---|---|---|---|---|"]
     for d in args.datasets:
@@ -48,9 +50,12 @@ def main() -> None:
                     mt = json.loads((kept / "metrics.json").read_text())
                     one.append(mt["test"]["ndcg@20"])
                     one_spe.append(mt["seconds_per_epoch"])
+            cfg = table_job(m, m, d, 0).config({})
             two, two_spe = [], []
             for s in range(args.seeds):
-                recipe = table_job(m, m, d, s).defaults
+                recipe = dict(table_job(m, m, d, s).defaults)
+                if args.lr_scale != 1.0:
+                    recipe["learning_rate"] = float(cfg["learning_rate"]) * args.lr_scale
                 extra = [x for k, v in recipe.items() for x in (f"--{k}", str(v))]
                 cmd = [sys.executable, "-m", "multikg4rec", "train", "--model", m, "--dataset", d, "--seed", str(s),
                        "--nproc", "2", "--output-dir", args.output_dir, "--quiet", *extra]

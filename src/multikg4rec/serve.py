@@ -3,8 +3,9 @@
 Endpoints (by original ids; OpenAPI docs at ``/docs``):
 
 * ``GET /health``, ``GET /models``: what is loaded, its metrics and data fingerprint;
-* ``GET /recommend?user=U&k=20&exclude=all``: the top-K of ``multikg4rec recommend`` (the same ranking:
-  ``Evaluator.ranked``, ties to the lower item id, the user's known items left out);
+* ``GET /recommend?user=U&k=20&exclude=all``: the top-K of ``multikg4rec recommend --all-users`` (the same
+  ranking and scores: ``Evaluator.ranked``, ties to the lower item id, the user's known items left out), read
+  from every user's top ``TOP_CACHE_K`` ranked in one batched pass per catalogue;
 * ``POST /recommend`` ``{"items": [...], "k": 20}``: the top-K for an anonymous profile of those items, by
   the model's fold-in rule (``FOLD_IN``);
 * ``GET /items?q=...``: title search; ``POST /items``: add a new item from its content (models that embed
