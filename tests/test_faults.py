@@ -450,7 +450,9 @@ def _env():
 
 
 def test_ctrl_c_exits_130_after_saving_and_the_same_command_resumes(world, tmp_path):
-    cmd = _train_cmd(world, tmp_path / "runs", epochs=40)
+    # a run that cannot end by itself before the signal (a tiny epoch takes milliseconds; on a loaded machine
+    # 40 of them finished before the test got to send it)
+    cmd = _train_cmd(world, tmp_path / "runs", epochs=100000) + ["--patience", "100000"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "runs").rglob("log.jsonl")):
