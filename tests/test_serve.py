@@ -102,6 +102,24 @@ def test_get_recommend_equals_the_cli(kgat_server, runs, capsys):
     assert len(r) == 5 and all(it["title"] for it in r)          # titles from the bundle's catalogue
 
 
+def test_cached_top_lists_equal_ranking_each_request(runs):
+    """The batched top lists GET /recommend reads equal ranking each user on its own, for every user and
+    every exclusion set; after an added item (a new catalogue) they are stale until ranked again."""
+    from multikg4rec.serve import Service
+    svc = Service(runs["kgat"][1])
+    for exclude in ("all", "train"):
+        svc.refresh_top(exclude, wait=True)
+        for u in range(svc.rows[0].shape[0]):
+            cached = svc.cached_top(u, 30, exclude)
+            version, svc.version = svc.version, -1          # no cache: ranked for this request alone
+            live = svc.rank(None, u, 30, exclude=exclude)
+            svc.version = version
+            assert np.array_equal(cached[0], live[0]) and np.array_equal(cached[1], live[1])
+    svc._loading = True                                  # no background re-ranking: see the stale state
+    svc._changed()
+    assert svc.cached_top(0, 30, "all") is None
+
+
 def test_bad_requests_are_json_4xx_naming_the_field(kgat_server):
     cases = [(kgat_server.get("/recommend?user=nobody"), 404, "user"),
              (kgat_server.get("/recommend?user=1&k=0"), 422, "k"),

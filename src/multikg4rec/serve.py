@@ -114,7 +114,7 @@ class Service:
         self._loading = True                             # replaying the journal: rank once, at the end
         self._replay()
         self._loading = False
-        self.refresh_top(wait=True)
+        self.refresh_top()                               # in the background: a large catalogue starts at once
 
     # ---- scoring
     def _item_rows(self) -> torch.Tensor | None:
