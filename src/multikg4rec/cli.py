@@ -447,8 +447,11 @@ def _os_hint(e: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
-    # SIGTERM (kill, a batch scheduler) stops like Ctrl-C: the last finished epoch is kept
+    # SIGTERM (kill, a batch scheduler) stops like Ctrl-C: the last finished epoch is kept; SIGINT too when the
+    # command was started in the background of a script (the shell hands it an ignored SIGINT, and Python
+    # keeps it ignored)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     parser = build_parser(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
