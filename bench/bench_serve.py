@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -132,7 +131,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="time cap per cell (default 20)")
     ap.add_argument("--rate", type=float, default=1000.0, help="open-loop GET /recommend rate, req/s (default 1000)")
     ap.add_argument("--baseline-src", type=Path,
-                    help="another checkout (e.g. `git worktree add /tmp/base REV`): its server answers the GET "
+                    help="another checkout (e.g. `git worktree add ../base REV`): its server answers the GET "
                          "cells first, as the baseline of the same invocation")
     ap.add_argument("--write", type=Path)
     args = ap.parse_args()
@@ -141,7 +140,7 @@ def main() -> None:
     lines = ["# `multikg4rec serve` under load", "",
              f"`python bench/bench_serve.py --bundle {' '.join(str(b) for b in args.bundle)} --requests {args.requests} "
              f"--seconds {args.seconds} --rate {args.rate:g}{f' --baseline-src <checkout of {base_rev}>' if args.baseline_src else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()} "
-             f"{os.cpu_count()} cores (the client threads share them with the server), loopback only.", "",
+             f"{os.cpu_count()} cores (the load generator shares them with the server), loopback only.", "",
              "Load: *closed* = each connection sends its next request when the last is answered (req/s is the "
              "throughput at that concurrency, and latency = clients / throughput); *N/s* = open loop, the "
              "connections together send N requests a second on a fixed schedule and latency counts from the "

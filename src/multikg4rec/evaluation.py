@@ -87,9 +87,8 @@ class _Rows:
     def flat(self, users: np.ndarray, device: torch.device) -> torch.Tensor:
         # read off indptr / indices directly: scipy's row fancy-indexing costs more than the ranking
         # itself for the one-user batches of the server
-        indptr = self.m.indptr
         users = np.asarray(users, dtype=np.int64)
-        starts, counts = indptr[users], self.counts[users]
+        starts, counts = self.m.indptr[users], self.counts[users]
         rows = np.repeat(np.arange(len(users), dtype=np.int64), counts)
         pos = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(starts - np.cumsum(counts) + counts, counts)
         flat = rows * self.m.shape[1] + self.m.indices[pos]

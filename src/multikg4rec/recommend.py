@@ -76,24 +76,34 @@ BATCH = 1024
 
 
 @torch.no_grad()
-def rank_items(model, dataset, users: np.ndarray, k: int, exclude: str = "all", batch_size: int = BATCH
-               ) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k internal item ids and scores for internal user ids ``users``: ``(items, scores)``, both
-    (len(users), k); a slot past the user's candidates (fewer than k unseen items) holds -1 / nan."""
-    k = min(int(k), dataset.n_items)
-    ev = Evaluator(dataset.n_items, batch_size=batch_size)
-    seen = ev.exclusion(_seen(dataset, exclude), dataset.n_users)
-    model.eval()
-    model.prepare_eval()
+def rank_rows(score_fn, n_items: int, seen: list[sp.csr_matrix], users: np.ndarray, k: int,
+              batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item ids and scores of ``users`` under ``score_fn`` (user ids -> (B, n_items) scores), the
+    ``seen`` items left out, ranked ``batch_size`` users at a time: ``(items, scores)``, both (len(users), k);
+    a slot past the user's candidates (fewer than k unseen items) holds -1 / nan."""
+    k = min(int(k), n_items)
+    ev = Evaluator(n_items, batch_size=batch_size)
+    exc = ev.exclusion(seen, seen[0].shape[0]) if seen else None
     items = np.full((len(users), k), -1, dtype=np.int64)
     scores = np.full((len(users), k), np.nan, dtype=np.float64)
     lo = 0
-    for batch, top, valid, top_scores in ev.ranked(model.full_sort_predict, users, k, seen):
+    for batch, top, valid, top_scores in ev.ranked(score_fn, users, k, exc):
         valid = valid.cpu().numpy()
         items[lo:lo + len(batch)] = np.where(valid, top.cpu().numpy(), -1)
         scores[lo:lo + len(batch)] = np.where(valid, top_scores.double().cpu().numpy(), np.nan)
         lo += len(batch)
     return items, scores
+
+
+@torch.no_grad()
+def rank_items(model, dataset, users: np.ndarray, k: int, exclude: str = "all", batch_size: int = BATCH
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k internal item ids and scores of a trained model for internal user ids ``users``
+    (:func:`rank_rows`, the dataset's ``exclude`` interactions left out)."""
+    seen = _seen(dataset, exclude)
+    model.eval()
+    model.prepare_eval()
+    return rank_rows(model.full_sort_predict, dataset.n_items, seen, users, k, batch_size)
 
 
 def recommend(run_dir: str | Path, users: Iterable[str] | None = None, k: int = 10, exclude: str = "all",

@@ -34,10 +34,8 @@ from .bundle import Bundle
 from .errors import UserError
 from .evaluation import Evaluator
 from .foldin import GROWABLE, FoldInError, NewItem as GraphItem, grow
-from .recommend import BATCH
+from .recommend import BATCH, EXCLUDE, rank_rows
 
-#: the known interactions ``exclude`` leaves out, as ``multikg4rec recommend``
-EXCLUDE = {"all": ("train", "valid", "test"), "train+valid": ("train", "valid"), "train": ("train",), "none": ()}
 #: largest request body accepted (a session's item list, a new item's text)
 MAX_BODY = 1 << 20
 #: GET /recommend answers k up to this from every user's top list, ranked in one batched pass when the
@@ -109,7 +107,7 @@ class Service:
         self.fold_lock = threading.Lock()                # one rebuild at a time (each holds a whole model)
         self.journal = self.bundle.path / "journal.jsonl"
         self.version = 0                                 # bumped whenever the catalogue's rows change
-        self._top: dict[str, tuple] = {}                 # exclude -> (version, top ids, valid, scores)
+        self._top: dict[str, tuple] = {}                 # exclude -> (version, top ids (-1: none), scores)
         self._top_lock = threading.Lock()
         self._loading = True                             # replaying the journal: rank once, at the end
         self._replay()
@@ -133,22 +131,14 @@ class Service:
             return
 
         def work(version=self.version, users_now=self.rows[0], items=self._item_rows()):
-            n = items.shape[0]
-            ev = Evaluator(n, batch_size=BATCH)          # `recommend`'s blocks of users (``user_scores``)
-            known = [m if n == self.n_base else sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
-                     for m in (self.known[x] for x in EXCLUDE[exclude])]   # added items: nobody has seen them
-            exc = ev.exclusion(known, users_now.shape[0]) if known else None
-            k = min(TOP_CACHE_K, n)
-            tops, valids, scores = [], [], []
-            for _, top, valid, sc in ev.ranked(lambda u: users_now[u] @ items.T,
-                                               np.arange(users_now.shape[0]), k, exc):
-                tops.append(top.numpy())
-                valids.append(valid.numpy())
-                scores.append(sc.double().numpy())
+            n = items.shape[0]                           # added items: nobody has seen them (padded columns)
+            seen = [m if n == self.n_base else sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
+                    for m in (self.known[x] for x in EXCLUDE[exclude])]
+            top, scores = rank_rows(lambda u: users_now[u] @ items.T, n, seen, np.arange(users_now.shape[0]),
+                                    TOP_CACHE_K)         # `recommend`'s blocks of users: the same bits
             with self._top_lock:
                 if version == self.version:              # the catalogue did not change meanwhile
-                    self._top[exclude] = (version, np.concatenate(tops), np.concatenate(valids),
-                                          np.concatenate(scores))
+                    self._top[exclude] = (version, top, scores)
         if wait:
             work()
         else:
@@ -160,8 +150,8 @@ class Service:
         hit = self._top.get(exclude)
         if hit is None or hit[0] != self.version or k > hit[1].shape[1]:
             return None
-        _, top, valid, scores = hit
-        keep = valid[user, :k]
+        _, top, scores = hit
+        keep = top[user, :k] >= 0
         return top[user, :k][keep], scores[user, :k][keep]
 
     def _changed(self) -> None:
