@@ -114,3 +114,18 @@ def test_unknown_links_are_refused(trained):
         grow(model, ds, feats, items=[NewItem("x", [(str(ds.relation_tokens[0]), "no-such-entity")])])
     with pytest.raises(FoldInError, match="direction"):
         grow(model, ds, feats, items=[NewItem("x", [(str(ds.relation_tokens[0]), str(ds.item_tokens[0]), "up")])])
+
+
+def test_multikg4rec_reuses_the_trained_items_fused_rows_with_the_same_result(trained):
+    """The fast path (``reuse``: trained items' fused chunks taken from the trained model, one BFS for the new
+    items only) gives every scoring row a full rebuild gives, and the trained items keep their sequences."""
+    model, ds, feats = trained["multikg4rec"]
+    x = _cold_item(ds, feats)
+    add = dict(items=[_twin(ds, feats, x)], users=[("new", ds.train_csr[0].indices.tolist())])
+    fast, g = grow(model, ds, feats, **add)
+    full, _ = grow(model, ds, feats, reuse=False, **add)
+    assert ds.n_items > 1024                          # the trained rows span a reused chunk and a re-fused one
+    for a, b in zip(fast.scoring_rows(), full.scoring_rows()):
+        assert torch.equal(a, b)
+    assert torch.equal(fast.seq[: ds.n_items], torch.from_numpy(g.node_map)[model.seq])
+    assert fast.seq_mask[-1].sum() > 1                 # the new item's own BFS reached its linked entities

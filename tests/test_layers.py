@@ -397,3 +397,15 @@ def test_with_values_reuses_adjacency_until_values_change():
     assert a3 is not a1
     x = torch.randn(n, 4)
     assert torch.allclose(propagate(a3, x), a3.to_dense() @ x, atol=1e-5)
+
+
+def test_dense_unique_equals_torch_unique_on_keys_with_ties():
+    """The attention's slot table (dense marking + cumulative rank) must give torch.unique's result
+    exactly: the slots fix every attention value."""
+    from multikg4rec.nn.attention import _unique_inverse
+    g = torch.Generator().manual_seed(3)
+    for n, m in ((50, 400), (7, 0), (100_000, 20_000), (1, 5)):
+        keys = torch.randint(0, n, (m,), generator=g)
+        a, b = torch.unique(keys, return_inverse=True)
+        c, d = _unique_inverse(keys, n)
+        assert torch.equal(a, c) and torch.equal(b, d) and d.dtype == torch.int64

@@ -433,3 +433,31 @@ def test_cf_loss_is_bpr_plus_l2_of_the_layer0_rows_by_a_plain_loop(ml100k_small,
             reg += sum(float(t[node].detach().pow(2).sum()) for t in layer0)
     n = len(cf["users"])
     assert loss.item() == pytest.approx(bpr / n + lam * reg / (2 * n), rel=1e-5)
+
+
+def test_evaluation_after_the_attention_update_fuses_once_and_a_training_step_refreshes_it(
+        ml100k_small, features, batches, monkeypatch):
+    """The exact fused rows are computed once per parameter state (attention update, then evaluation); the
+    fused Adam step leaves parameter versions alone, so a loss must drop them: the evaluation after a step
+    equals a fresh model's with the same weights."""
+    cf, _ = batches
+    m = build(ml100k_small, features, fusion_dropout=0.0)
+    calls = []
+    real = m._fuse_all_nograd
+    monkeypatch.setattr(m, "_fuse_all_nograd", lambda *a, **k: calls.append(1) or real(*a, **k))
+    m.eval()
+    m.update_attention()
+    m.prepare_eval()
+    assert len(calls) == 1
+    m.train()
+    opt = torch.optim.Adam(m.parameters(), lr=0.05, fused=True)
+    m.calculate_loss(cf).backward()
+    opt.step()
+    m.eval()
+    m.prepare_eval()
+    assert len(calls) == 2
+    fresh = build(ml100k_small, features, fusion_dropout=0.0)
+    fresh.load_state_dict(m.state_dict())
+    fresh.eval()
+    fresh.prepare_eval()
+    assert torch.equal(m.full_sort_predict(torch.arange(5)), fresh.full_sort_predict(torch.arange(5)))

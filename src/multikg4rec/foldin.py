@@ -3,10 +3,13 @@
 A new item is an item node with its content rows and its KG links (``(relation, entity)`` pairs) and no
 interaction; a new user is a user node with ``interact`` edges to its items. The grown dataset numbers nodes
 as every dataset does (items first, then the other entities, then users: ``Dataset.ckg``), so the model is
-built on it exactly as training would build it (content registration, a user's content as the mean of its
-items', BFS sequences over the grown CKG, the adjacency); the trained weights are carried over row by row;
-the knowledge-aware attention is recomputed from them as the model does after every epoch; the scoring rows
-are the evaluator's. What a new node cannot have is a trained ID row: its ID rows are zero (docs/serving.md).
+built on it as training would build it (content registration, a user's content as the mean of its items',
+the adjacency); the trained weights are carried over row by row; the knowledge-aware attention is
+recomputed from them as the model does after every epoch; the scoring rows are the evaluator's. What a new
+node cannot have is a trained ID row: its ID rows are zero (docs/serving.md). One thing is kept rather than
+redrawn: Multi-KG4Rec's trained items keep the BFS sequences they were trained with, and only the new items'
+are sampled over the grown CKG (``fold_in_inputs``), so an added item changes other items only through the
+propagation over its edges, never by reshuffling their fusion inputs.
 
 ``grow(dataset)`` with nothing new rebuilds the trained model's own scoring rows to every digit
 (``tests/test_foldin.py``), so the only difference a new node makes is the node itself.
@@ -135,19 +138,31 @@ def carry_state(old_state: dict, new_model, old_dataset, g: Grown) -> dict:
     return out
 
 
+def ready(model) -> None:
+    """Compute now what :func:`grow` reads from the trained ``model`` (``fold_in_ready``: Multi-KG4Rec's fused
+    rows), so that the first new item or session does not wait for it."""
+    if hasattr(model, "fold_in_ready"):
+        model.fold_in_ready()
+
+
 def grow(model, dataset, features: dict | None, items: list[NewItem] = (),
-         users: list[tuple[str, list[int]]] = ()):
+         users: list[tuple[str, list[int]]] = (), reuse: bool = True):
     """The model rebuilt over ``dataset`` grown by ``items`` and ``users``, its trained weights carried over
-    and its attention recomputed, in eval mode with its scoring rows ready. Returns (model, Grown)."""
+    and its attention recomputed, in eval mode with its scoring rows ready. Returns (model, Grown).
+    ``reuse``: take what the new nodes cannot change from ``model`` (``adopt``: Multi-KG4Rec's fused rows of
+    the trained items) rather than recompute it; the result is the same either way (``tests/test_foldin.py``)."""
     from .models import build_model
     name = model.config["model"]
     if name not in GROWABLE:
         raise FoldInError(f"{name} cannot be grown by new nodes (fold-in supports {', '.join(GROWABLE)})")
     g = grow_dataset(dataset, list(items), list(users))
-    new = build_model(dict(model.config), g.dataset, grow_features(features, dataset.n_items, list(items)))
+    inputs = model.fold_in_inputs(g) if hasattr(model, "fold_in_inputs") else {}
+    new = build_model(dict(model.config), g.dataset, grow_features(features, dataset.n_items, list(items)), **inputs)
     new.load_state_dict(carry_state(model.state_dict(), new, dataset, g))
     new.eval()
     with torch.no_grad():
+        if reuse and hasattr(new, "adopt"):
+            new.adopt(model, g)
         if getattr(new, "attention_tables", ()):
             new.update_attention()
         new.prepare_eval()

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field
 from .bundle import Bundle
 from .errors import UserError
 from .evaluation import Evaluator
-from .foldin import GROWABLE, FoldInError, NewItem as GraphItem, grow
+from .foldin import GROWABLE, FoldInError, NewItem as GraphItem, grow, ready
 from .recommend import BATCH, EXCLUDE, rank_rows
 
 #: largest request body accepted (a session's item list, a new item's text)
@@ -113,6 +113,8 @@ class Service:
         self._replay()
         self._loading = False
         self.refresh_top()                               # in the background: a large catalogue starts at once
+        if self.graph:                                   # the first added item or session waits for no warm-up
+            threading.Thread(target=self._warm_fold_in, daemon=True).start()
 
     # ---- scoring
     def _item_rows(self) -> torch.Tensor | None:
@@ -209,6 +211,10 @@ class Service:
         if rows is None:
             raise LookupError(f"{self.name} does not score by inner products: no fold-in for an anonymous profile")
         return rows[items].mean(0), None        # content_knn: exactly its user rule; others: FOLD_IN["default"]
+
+    def _warm_fold_in(self) -> None:
+        with self.fold_lock:
+            ready(self.base_model())
 
     def base_model(self):
         """The exported model, rebuilt once from the bundle."""

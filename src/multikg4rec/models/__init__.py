@@ -59,14 +59,14 @@ def model_features(cfg: dict, dataset):
     return load_model_features(dataset, cfg)
 
 
-def build_model(cfg: dict, dataset, features=None) -> Recommender:
+def build_model(cfg: dict, dataset, features=None, **inputs) -> Recommender:
     """The model of ``cfg`` on ``dataset``; its features loaded (:func:`model_features`) when it uses them
-    and none are given."""
+    and none are given. ``inputs``: further constructor arguments (fold-in: ``fold_in_inputs``)."""
     cls = get_model_class(cfg["model"])
     if features is None:
         features = model_features(cfg, dataset)
     try:
-        return cls(dataset, cfg, features=features) if cls.uses_features else cls(dataset, cfg)
+        return cls(dataset, cfg, features=features, **inputs) if cls.uses_features else cls(dataset, cfg, **inputs)
     except ValueError as e:        # the layers check their arguments: from a config, that is bad input
         raise UserError(f"{cfg['model']}: {e}") from None
 

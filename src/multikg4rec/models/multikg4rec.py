@@ -85,7 +85,7 @@ class MultiKG4Rec(KnowledgeRecommender):
     name = "multikg4rec"
     uses_features = True
 
-    def __init__(self, dataset, config, features=None):
+    def __init__(self, dataset, config, features=None, sequences=None):
         super().__init__(dataset, config)
         d = self.d = int(config["embedding_size"])
         self.reg_weight = float(config["reg_weight"])
@@ -130,12 +130,16 @@ class MultiKG4Rec(KnowledgeRecommender):
             gain = d ** -0.5 if gain is None else float(gain)                # docs/model.md §3.3
             self.fusion = BiTransformer(self.modalities, d, int(config["fusion_heads"]), int(config["fusion_blocks"]),
                                         fusion, int(config["fusion_ffn_dim"]), float(config["fusion_dropout"]), gain)
-            seq, seq_mask = bfs_sequences(ckg, np.arange(self.n_items), int(config["seq_len"]),
-                                          seed=int(config.get("seed") or 0))
+            if sequences is None:
+                seq, seq_mask = bfs_sequences(ckg, np.arange(self.n_items), int(config["seq_len"]),
+                                              seed=int(config.get("seed") or 0))
+            else:                                                            # given (fold-in: sequences_for)
+                seq, seq_mask = sequences
             self.register_buffer("seq", seq, persistent=False)               # (n_items, N) CKG node ids
             self.register_buffer("seq_mask", seq_mask, persistent=False)     # (n_items, N) True = real node
             self.register_buffer("fused_cache", torch.zeros(len(self.modalities), self.n_items, d), persistent=False)
             self._cache_ok = False
+            self._exact = None                       # (parameter key, {m: (n_items, d)}): see exact_fused
 
         # ---- §4 Information propagation module (one per modality; shared graph structure)
         self.propagation = nn.ModuleDict({t: KGPropagation(d, config["layers"], config["aggregator"],
@@ -241,6 +245,7 @@ class MultiKG4Rec(KnowledgeRecommender):
     def calculate_kg_loss(self, batch):
         """TransR on each modality's 64-d table (docs/model.md (4)-(5)), summed over modalities:
         g(h, r, t) = || W_r e_h + e_r - W_r e_t ||^2, L_KG = -ln sigma( g(h, r, t') - g(h, r, t) )."""
+        self._forget_fused()                                                  # the step will change parameters
         hrt = torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1)       # (B, 3)
         loss = 0.0
         for t in self.tables:
@@ -259,20 +264,74 @@ class MultiKG4Rec(KnowledgeRecommender):
         return self.fusion(x, mask, need_weights=need_weights)
 
     @torch.no_grad()
-    def _fuse_all_nograd(self, pre) -> dict[str, torch.Tensor]:
+    def _fuse_all_nograd(self, pre, start: int = 0, prior: dict | None = None) -> dict[str, torch.Tensor]:
+        """Every item fused without dropout, in chunks of FUSE_CHUNK items; with ``prior``, rows below
+        ``start`` (a multiple of FUSE_CHUNK) are taken from it and only the chunks from ``start`` on run."""
         was = self.fusion.training
         self.fusion.eval()
         parts = [self.fuse(pre, torch.arange(s, min(s + FUSE_CHUNK, self.n_items), device=self.seq.device))
-                 for s in range(0, self.n_items, FUSE_CHUNK)]
+                 for s in range(start, self.n_items, FUSE_CHUNK)]
         self.fusion.train(was)
-        z = {m: torch.cat([p[m] for p in parts]) for m in self.modalities}
+        z = {m: torch.cat(([prior[m][:start]] if start else []) + [p[m] for p in parts]) for m in self.modalities}
         for k, m in enumerate(self.modalities):
             self.fused_cache[k].copy_(z[m])
         self._cache_ok = True
         return z
 
+    def _param_key(self) -> tuple:
+        """What the fused rows depend on, as (storage, version) pairs. Fused Adam updates parameters without
+        bumping their version, so every training loss also drops the cache (``_forget_fused``)."""
+        return tuple((p.data_ptr(), p._version) for p in [*self.parameters(), self.seq, self.seq_mask])
+
+    def _forget_fused(self) -> None:
+        if self.use_fusion:
+            self._exact = None
+
+    @torch.no_grad()
+    def exact_fused(self, pre: dict | None = None) -> dict[str, torch.Tensor]:
+        """Every item fused exactly (``_fuse_all_nograd``), computed once while the parameters are unchanged:
+        the attention update and the evaluation after it share one pass. ``pre``: ``pre_tables()`` of the
+        same parameters (computed when needed and not given)."""
+        key = self._param_key()
+        if self._exact is None or self._exact[0] != key:
+            self._exact = (key, self._fuse_all_nograd(self.pre_tables() if pre is None else pre))
+        return self._exact[1]
+
+    # ------------------------------------------------------------------ fold-in (multikg4rec.foldin)
+    def fold_in_inputs(self, g) -> dict:
+        """Constructor inputs of this model grown by ``g`` (a ``foldin.Grown``): the trained items keep the
+        BFS sequences they were trained with (node ids moved to the grown graph), so an added item never
+        changes another item's fused row; the new items' sequences are sampled over the grown CKG."""
+        if not self.use_fusion:
+            return {}
+        node_map = torch.from_numpy(g.node_map)
+        seq, mask = node_map[self.seq], self.seq_mask
+        if len(g.new_items):
+            s, m = bfs_sequences(g.dataset.ckg(), g.new_items, self.seq.shape[1], seed=int(self.config.get("seed") or 0))
+            seq, mask = torch.cat([seq, s]), torch.cat([mask, m])
+        return {"sequences": (seq, mask)}
+
+    def fold_in_ready(self) -> None:
+        """What ``adopt`` reads from this trained model, computed now (the server does it at start)."""
+        if self.use_fusion:
+            self.exact_fused()
+
+    def adopt(self, trained, g) -> None:
+        """Fold-in, after the trained weights are loaded: the trained items' inputs to the fusion are
+        unchanged, so their complete FUSE_CHUNK chunks of fused rows are ``trained``'s and only the chunks
+        from the first new item on are fused here; chunk by chunk that is what fusing every item gives."""
+        if not self.use_fusion:
+            return
+        start = (trained.n_items // FUSE_CHUNK) * FUSE_CHUNK
+        with torch.no_grad():
+            z = self._fuse_all_nograd(self.pre_tables(), start, trained.exact_fused())
+        self._exact = (self._param_key(), z)
+
     def _fused_items(self, pre, items: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """Fused rows of all items for one training step (see ``fusion_items``)."""
+        """Fused rows of all items for one training step (see ``fusion_items``); without gradients in eval
+        mode, the exact rows (``exact_fused``)."""
+        if not self.training and not torch.is_grad_enabled():
+            return self.exact_fused(pre)
         if self.fusion_items is None or not self.training:
             return self.fuse(pre)
         if not self._cache_ok:
@@ -308,7 +367,7 @@ class MultiKG4Rec(KnowledgeRecommender):
     def exact_layer0(self) -> dict[str, torch.Tensor]:
         """Layer-0 tables with every item fused exactly (no cache): dict t -> (n_nodes, d)."""
         pre = self.pre_tables()
-        return self.layer0(pre, self._fuse_all_nograd(pre) if self.use_fusion else None)
+        return self.layer0(pre, self.exact_fused(pre) if self.use_fusion else None)
 
     @torch.no_grad()
     def _state_summary(self, l0) -> dict:
@@ -346,6 +405,7 @@ class MultiKG4Rec(KnowledgeRecommender):
 
     # ------------------------------------------------------------------ §5-§6 prediction and loss
     def calculate_loss(self, batch):
+        self._forget_fused()                                                  # the step will change parameters
         out, l0 = self._final(torch.cat([batch["pos_items"], batch["neg_items"]]))
         bpr, reg = self.propagated_bpr(out, batch, [l0[t] for t in self.tables])  # Equations (17)-(18)
         return bpr + self.reg_weight * reg                                    # Equation (18): + lambda ||H_0||^2

@@ -1,6 +1,7 @@
 """Knowledge-aware attention over a fixed set of triples (docs/model.md §4; KGAT Eq. 4-5)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -9,6 +10,23 @@ from .sparse import SparseAdjacency
 from .transr import TransR
 
 __all__ = ["KnowledgeAwareAttention"]
+
+
+#: key spaces up to this size are deduplicated with a dense table rather than a sort
+DENSE_KEYS = 1 << 28
+
+
+def _unique_inverse(keys: torch.Tensor, n_keys: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(keys, return_inverse=True)`` for keys in [0, n_keys): the sorted distinct keys and
+    each key's index among them. On the CPU, a key space that fits DENSE_KEYS is marked in a table and
+    ranked by a cumulative sum (linear time, in NumPy), else sorted."""
+    if n_keys > DENSE_KEYS or keys.numel() == 0 or keys.device.type != "cpu":
+        return torch.unique(keys, return_inverse=True)
+    k = keys.numpy()
+    seen = np.zeros(n_keys, dtype=bool)
+    seen[k] = True
+    rank = np.cumsum(seen, dtype=np.int32 if n_keys < 2 ** 31 else np.int64)
+    return torch.from_numpy(np.flatnonzero(seen)), torch.from_numpy(rank[k].astype(np.int64) - 1)
 
 
 class KnowledgeAwareAttention(nn.Module):
@@ -40,7 +58,7 @@ class KnowledgeAwareAttention(nn.Module):
         # slots = distinct (relation, node) pairs among heads and tails; sorted by relation, so
         # each relation's nodes are one contiguous block of the stacked projected table
         keys = torch.cat([rel_sorted * n_nodes + self.structure.row, rel_sorted * n_nodes + self.structure.col])
-        slot_keys, inv = torch.unique(keys, return_inverse=True)
+        slot_keys, inv = _unique_inverse(keys, (int(relation.max()) + 1 if self.n_edges else 0) * n_nodes)
         slot_rel = slot_keys // n_nodes
         rels, sizes = torch.unique_consecutive(slot_rel, return_counts=True)
         self.rel_list, self.rel_sizes = rels.tolist(), sizes.tolist()
