@@ -96,7 +96,7 @@ def main() -> None:
             rows.append((bundle.name, r["model"], f"{who} ({rev(src)})", r))
     lines = [f"# Fold-in cost ({time.strftime('%Y-%m-%d')}, {platform.machine()}, "
              f"{os.cpu_count()} cores, one thread)", "",
-             f"`python bench/bench_foldin.py --bundle {' '.join(b.name for b in a.bundle)} --repeats {a.repeats}"
+             f"`python bench/bench_foldin.py --bundle {' '.join(str(b) for b in a.bundle)} --repeats {a.repeats}"
              + (" --baseline-src <checkout>`" if a.baseline_src else "`"), "",
              "Median seconds of one rebuild over the grown graph (plus its scoring rows), one thread.", "",
              "| bundle | model | code | new item (s) | 5-item session (s) | peak RSS (MB) |", "|---|---|---|---|---|---|"]

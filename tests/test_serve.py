@@ -188,6 +188,10 @@ def test_a_kg_model_takes_a_new_item_through_its_links_and_replays_it_after_a_ki
         scores = {it["item"]: it["score"] for it in s.get(f"/recommend?user=1&k={n}").json()["items"]}
         assert "linked-new" in scores and np.isfinite(scores["linked-new"])
         assert s.get("/items?q=a new film").json()["items"][0]["item"] == "linked-new"
+        paths = s.get("/explain?user=1&item=linked-new").json()["paths"]       # drawn on the grown CKG
+        assert paths and all(p["path"][-1]["item"] == "linked-new" for p in paths)
+        assert {p["path"][2]["entity"] for p in paths} <= {link["entity"] for link in links} | \
+            {f"item {link['entity']}" for link in links}
         s.stop(signal.SIGKILL)
         s = Server(bundle)
         again = {it["item"]: it["score"] for it in s.get(f"/recommend?user=1&k={n}").json()["items"]}

@@ -104,6 +104,8 @@ class Service:
         self.graph = self.name in GROWABLE
         self.rows = (self.bundle.user_rows, self.bundle.item_rows)
         self.new_items: list[GraphItem] = []
+        self.grown = None                                # (model, dataset) grown by the added items
+        self._att = None                                 # (model, attention CSR, relation CSR) for kg_paths
         self.fold_lock = threading.Lock()                # one rebuild at a time (each holds a whole model)
         self.journal = self.bundle.path / "journal.jsonl"
         self.version = 0                                 # bumped whenever the catalogue's rows change
@@ -326,7 +328,7 @@ class Service:
                              {m: np.asarray(v, dtype=np.float32) for m, v in (e["content"] or {}).items()})
                    for e in entries]
             with self.fold_lock:
-                model, _ = grow(self.base_model(), self.bundle.dataset, self._features(), self.new_items + new)
+                model, g = grow(self.base_model(), self.bundle.dataset, self._features(), self.new_items + new)
             if persist:
                 with open(self.journal, "a", encoding="utf-8") as f:   # one line each, flushed before it counts
                     for e in entries:
@@ -340,6 +342,7 @@ class Service:
             self.titles = {**self.titles, **{e["item"]: e["title"] or "" for e in entries}}
             self.new_items = self.new_items + new
             self.added = self.added + [{"item": t} for t in names]
+            self.grown = (model, g.dataset)              # explanations read its attention (kg_paths)
             self.rows = model.scoring_rows()
             self._changed()
             return first + len(names) - 1
@@ -374,12 +377,12 @@ class Service:
     def kg_paths(self, user: int, item: int, top: int = 5) -> list[dict]:
         """The top paths user -> one of their train items -> a KG entity -> ``item``, scored by the product of
         the attention weights of the three edges (uniform attention for a model without it)."""
-        ds = self.bundle.dataset
-        if not ds.has_kg or item >= self.n_base:
+        model, ds = self.grown or (None, self.bundle.dataset)     # with added items: the grown model and CKG
+        if not ds.has_kg or item >= ds.n_items:
             return []
-        if not hasattr(self, "_att"):
-            self._att = self._attention_matrix()
-        A, rel = self._att
+        if self._att is None or self._att[0] is not model:
+            self._att = (model, *self._attention_matrix(model, ds))
+        _, A, rel = self._att
         u_node = ds.n_entities + user
         mine = A[u_node].indices                         # the user's train items (interact edges)
         w_u = A[u_node].toarray().ravel()[mine]
@@ -420,13 +423,14 @@ class Service:
             return "interact (inverse)"
         return f"{ds.relation_tokens[r - R - 2]} (inverse)"
 
-    def _attention_matrix(self):
-        ds = self.bundle.dataset
+    def _attention_matrix(self, model, ds):
+        """The CKG of ``ds`` weighted by ``model``'s attention (None: the exported model), and each node
+        pair's relation (+1)."""
         ckg = ds.ckg()
         n = ckg.n_nodes
         head, tail, relation = ckg.head.numpy(), ckg.tail.numpy(), ckg.relation.numpy()
-        model = self.bundle.model or self.bundle.build_model()
-        self.bundle.model = model
+        if model is None:
+            model = self.bundle.model = self.bundle.model or self.bundle.build_model()
         tables = getattr(model, "attention_tables", ())
         if tables:                                       # CSR order of the model's attention structure
             st = model.attention.structure
