@@ -74,7 +74,7 @@ def measure(src: Path, bundle: Path, repeats: int) -> dict:
 
 def rev(src: Path) -> str:
     r = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no", "--", "src"],
                            capture_output=True, text=True).stdout.strip()
     return (r.stdout.strip() or "?") + ("+changes" if dirty else "")
 
