@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from multikg4rec.cli import main
 
@@ -238,6 +239,59 @@ def test_a_new_item_gets_the_row_the_cold_start_evaluation_gives_and_survives_a_
     finally:
         s.stop()
         (bundle / "journal.jsonl").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("model", ["kgat", "content_knn"])
+def test_a_named_new_user_is_the_sessions_fold_in_and_survives_items_added_after_and_a_kill(runs, model):
+    """POST /users: the user is the model's fold-in of its items (KGAT: a user node of the grown CKG;
+    content-KNN: the mean of the items' content rows), so GET /recommend for it ranks as POST /recommend
+    ranked the same items before it existed; it keeps its name through a later added item (KGAT rebuilds
+    the graph) and through SIGKILL and a restart."""
+    from multikg4rec.serve import Service
+    bundle = runs[model][1]
+    ds = Service(bundle).bundle.dataset
+    mine = [str(ds.item_tokens[i]) for i in (3, 10, 42, 77, 300)]
+    s = Server(bundle)
+    try:
+        session = s.post("/recommend", json={"items": mine, "k": 20}).json()["items"]
+        r = s.post("/users", json={"user": "alice", "items": mine})
+        assert r.status_code == 201, r.text
+        assert s.get("/health").json()["users"] == ds.n_users + 1
+        got = s.get("/recommend?user=alice&k=20").json()["items"]
+        assert [it["item"] for it in got[:10]] == [it["item"] for it in session[:10]]
+        assert [it["score"] for it in got] == pytest.approx([it["score"] for it in session], abs=1e-5)
+        assert not set(mine) & {it["item"] for it in got}                      # its profile is its train
+        assert s.post("/users", json={"user": "alice", "items": mine}).status_code == 409
+        assert s.post("/users", json={"user": "bob", "items": ["no-such-item"]}).status_code == 404
+        if model == "kgat":
+            x = int(np.bincount(ds.kg[ds.kg[:, 0] < ds.n_items, 0]).argmax())
+            tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
+            links = [{"relation": str(ds.relation_tokens[r]), "entity": tok(t)} for h, r, t in ds.kg if h == x]
+            assert s.post("/items", json={"item": "later", "links": links}).status_code == 201
+            assert s.get("/explain?user=alice&item=later").status_code == 200
+        n = s.get("/health").json()["items"]
+        before = {it["item"]: it["score"] for it in s.get(f"/recommend?user=alice&k={n - 5}").json()["items"]}
+        s.stop(signal.SIGKILL)
+        s = Server(bundle)
+        after = {it["item"]: it["score"] for it in s.get(f"/recommend?user=alice&k={n - 5}").json()["items"]}
+        assert after == pytest.approx(before)
+    finally:
+        s.stop()
+        (bundle / "journal.jsonl").unlink(missing_ok=True)
+
+
+def test_an_id_models_named_user_is_the_mean_of_its_items_scoring_rows(runs):
+    """BPR-MF exports its ID rows (the scores are their inner products), so a named user folds in by the
+    documented approximation: the mean of its items' rows, ranked without its items."""
+    from multikg4rec.serve import Service
+    svc = Service(runs["bprmf"][1])
+    items = [0, 5, 9]
+    svc.add_user("approx", [str(svc.bundle.dataset.item_tokens[i]) for i in items], persist=False)
+    u = svc.user_index["approx"]
+    assert u == svc.bundle.dataset.n_users
+    assert torch.allclose(svc.rows[0][u], svc.bundle.item_rows[items].mean(0))
+    top, _ = svc.rank(None, u, 20)
+    assert len(top) == 20 and not set(items) & set(top.tolist())
 
 
 def test_a_damaged_bundle_is_one_line(runs, tmp_path, capsys):

@@ -64,6 +64,12 @@ class Session(BaseModel):
     k: int = 20
 
 
+class NewUser(BaseModel):
+    """POST /users: a named new user and the items of its profile."""
+    user: str = Field(..., min_length=1, max_length=200)
+    items: list[str] = Field(..., min_length=1, max_length=10000, description="original item ids")
+
+
 class Link(BaseModel):
     """A KG triple of a new item: (item, relation, entity), or (entity, relation, item) with direction "in"."""
     relation: str = Field(..., min_length=1, max_length=500)
@@ -104,6 +110,9 @@ class Service:
         self.graph = self.name in GROWABLE
         self.rows = (self.bundle.user_rows, self.bundle.item_rows)
         self.new_items: list[GraphItem] = []
+        self.n_ubase = ds.n_users
+        #: named new users (POST /users), after the trained ones: (token, item ids of their profile)
+        self.new_users: list[tuple[str, list[int]]] = []
         self.grown = None                                # (model, dataset) grown by the added items
         self._att = None                                 # (model, attention CSR, relation CSR) for kg_paths
         self.fold_lock = threading.Lock()                # one rebuild at a time (each holds a whole model)
@@ -135,9 +144,8 @@ class Service:
             return
 
         def work(version=self.version, users_now=self.rows[0], items=self._item_rows()):
-            n = items.shape[0]                           # added items: nobody has seen them (padded columns)
-            seen = [m if n == self.n_base else sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n))
-                    for m in (self.known[x] for x in EXCLUDE[exclude])]
+            n = items.shape[0]
+            seen = self._seen(exclude, users_now.shape[0], n)
             top, scores = rank_rows(lambda u: users_now[u] @ items.T, n, seen, np.arange(users_now.shape[0]),
                                     TOP_CACHE_K)         # `recommend`'s blocks of users: the same bits
             with self._top_lock:
@@ -183,14 +191,13 @@ class Service:
             scores = (users_now[lo:lo + BATCH] @ items.T)[user - lo:user - lo + 1]
         else:
             scores = user_vec[None, :] @ items.T
-        if user is not None and n == self.n_base and exclude_items is None:
+        if user is not None and n == self.n_base and exclude_items is None and user < self.n_ubase:
             ev, exc, batch = self.evaluator, self.exclusions[exclude], np.array([user])   # `recommend`'s sets
-        else:                                           # a profile, or a catalogue with added items
+        else:                                           # a profile, a named new user, or added items
             ev, batch = Evaluator(n, batch_size=1), np.array([0])
             rows = np.zeros(0, dtype=np.int64)
             if user is not None:
-                rows = np.concatenate([rows] + [(m := self.known[s]).indices[m.indptr[user]:m.indptr[user + 1]]
-                                                for s in EXCLUDE[exclude]]).astype(np.int64)
+                rows = self._user_known(user, exclude)
             if exclude_items is not None:
                 rows = np.union1d(rows, exclude_items).astype(np.int64)
             exc = ev.exclusion(sp.csr_matrix((np.ones(len(rows), np.float32), (np.zeros(len(rows), np.int64), rows)),
@@ -206,9 +213,9 @@ class Service:
         if self.graph:
             with self.fold_lock:
                 model, g = grow(self.base_model(), self.bundle.dataset, self._features(), self.new_items,
-                                [("session", items)])
+                                self.new_users + [("session", items)])
             u, i = model.scoring_rows()
-            return u[int(g.new_users[0])], i
+            return u[int(g.new_users[-1])], i
         rows = self._item_rows()
         if rows is None:
             raise LookupError(f"{self.name} does not score by inner products: no fold-in for an anonymous profile")
@@ -316,61 +323,137 @@ class Service:
             self._changed()
             return idx
 
-    def _add_graph_items(self, entries: list[dict], persist: bool) -> int:
-        """Add items to a graph model's catalogue: the model is rebuilt over the CKG grown by every item added
-        so far (``foldin.grow``), then the tokens and the rows are swapped in (the rows last)."""
+    def _add_graph_items(self, entries: list[dict], persist: bool, users: list[dict] = ()) -> int:
+        """Add items (and named users: ``{"user", "items": [tokens]}``) to a graph model's catalogue: the model is
+        rebuilt over the CKG grown by every item and user added so far (``foldin.grow``), then the tokens and
+        the rows are swapped in (the rows last). Returns the last new item's id (-1 with none)."""
         with self.lock:
             names = [e["item"] for e in entries]
             for name in names:
                 if name in self.item_index or names.count(name) > 1:
                     raise KeyError(f"item {name!r} exists")
+            first = len(self.item_tokens)
+            index = {**self.item_index, **{t: first + k for k, t in enumerate(names)}}
+            people = self._new_user_entries(users, index)
             new = [GraphItem(e["item"], [tuple(x) for x in e["links"]],
                              {m: np.asarray(v, dtype=np.float32) for m, v in (e["content"] or {}).items()})
                    for e in entries]
             with self.fold_lock:
-                model, g = grow(self.base_model(), self.bundle.dataset, self._features(), self.new_items + new)
+                model, g = grow(self.base_model(), self.bundle.dataset, self._features(), self.new_items + new,
+                                self.new_users + people)
             if persist:
-                with open(self.journal, "a", encoding="utf-8") as f:   # one line each, flushed before it counts
-                    for e in entries:
-                        f.write(json.dumps({"item": e["item"], "title": e["title"], "links": [list(x) for x in e["links"]],
-                                            "content": {m: [float(v) for v in r] for m, r in e["content"].items()}})
-                                + "\n")
-                    f.flush()
-            first = len(self.item_tokens)
+                self._journal([{"item": e["item"], "title": e["title"], "links": [list(x) for x in e["links"]],
+                                "content": {m: [float(v) for v in r] for m, r in e["content"].items()}}
+                               for e in entries] + [{"user": u["user"], "items": list(u["items"])} for u in users])
             self.item_tokens = self.item_tokens + names
-            self.item_index = {**self.item_index, **{t: first + k for k, t in enumerate(names)}}
+            self.item_index = index
             self.titles = {**self.titles, **{e["item"]: e["title"] or "" for e in entries}}
             self.new_items = self.new_items + new
             self.added = self.added + [{"item": t} for t in names]
+            self._take_users(people)
             self.grown = (model, g.dataset)              # explanations read its attention (kg_paths)
             self.rows = model.scoring_rows()
             self._changed()
             return first + len(names) - 1
 
+    # ---- named new users (POST /users)
+    def _new_user_entries(self, users, index: dict) -> list[tuple[str, list[int]]]:
+        """``[{"user", "items": [tokens]}]`` -> [(token, item ids)], checked: a new name, known items."""
+        out = []
+        for u in users:
+            name = str(u["user"])
+            if name in self.user_index or any(name == t for t, _ in out):
+                raise KeyError(f"user {name!r} exists")
+            unknown = [t for t in u["items"] if t not in index]
+            if unknown or not u["items"]:
+                raise LookupError(f"items: {unknown[:5]} not in the catalogue" if unknown else "items: none given")
+            out.append((name, sorted({index[t] for t in u["items"]})))
+        return out
+
+    def _take_users(self, people: list[tuple[str, list[int]]]) -> None:
+        if people:
+            base = self.n_ubase + len(self.new_users)
+            self.new_users = self.new_users + people
+            self.user_index = {**self.user_index, **{t: base + k for k, (t, _) in enumerate(people)}}
+
+    def _journal(self, entries: list[dict]) -> None:
+        with open(self.journal, "a", encoding="utf-8") as f:   # one line each, flushed before it counts
+            for e in entries:
+                f.write(json.dumps(e) + "\n")
+            f.flush()
+
+    def add_user(self, user: str, items: list[str], persist: bool = True) -> int:
+        """A named new user whose profile is ``items`` (original ids), folded in by the model's rule
+        (``fold_in_rule``), kept in the journal, and recommended to by name from the next request."""
+        if self.graph:
+            self._add_graph_items([], persist, [{"user": user, "items": items}])
+            return self.user_index[user]
+        with self.lock:
+            people = self._new_user_entries([{"user": user, "items": items}], self.item_index)
+            vec, _ = self.profile(people[0][1])          # LookupError: a model without rows cannot
+            if persist:
+                self._journal([{"user": user, "items": list(items)}])
+            rows = (torch.cat([self.rows[0], vec[None, :]]), self.rows[1])
+            self._take_users(people)
+            self.rows = rows
+            self._changed()
+            return self.user_index[user]
+
+    def _user_known(self, user: int, exclude: str) -> np.ndarray:
+        """Item ids ``exclude`` names for internal ``user``: a named new user's are its profile's (its train)."""
+        if user >= self.n_ubase:
+            return np.asarray(self.new_users[user - self.n_ubase][1] if "train" in EXCLUDE[exclude] else [],
+                              dtype=np.int64)
+        return np.concatenate([np.zeros(0, dtype=np.int64)] + [
+            (m := self.known[s]).indices[m.indptr[user]:m.indptr[user + 1]] for s in EXCLUDE[exclude]]).astype(np.int64)
+
+    def _seen(self, exclude: str, n_users: int, n_items: int) -> list:
+        """The exclusion CSR matrices of ``exclude`` over ``n_users`` users (named new users last) and
+        ``n_items`` items (added items last: nobody has seen them but their named users)."""
+        extra = self.new_users[: n_users - self.n_ubase]
+        out = []
+        for s in EXCLUDE[exclude]:
+            m = self.known[s]
+            m = sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], n_items))
+            if extra:
+                rows = [its if s == "train" else [] for _, its in extra]
+                ind = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows])
+                ptr = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+                m = sp.vstack([m, sp.csr_matrix((np.ones(len(ind), np.float32), ind, ptr), shape=(len(extra), n_items))],
+                              format="csr")
+            out.append(m)
+        return out
+
     def _replay(self) -> None:
         if not self.journal.is_file():
             return
         lines = self.journal.read_text(encoding="utf-8").splitlines()
-        graph = []
+        graph, people = [], []
         for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 e = json.loads(line)
-                if self.graph:
+                if "user" in e:
+                    u = {"user": str(e["user"]), "items": [str(t) for t in e["items"]]}
+                    if self.graph:
+                        people.append(u)
+                    else:
+                        self.add_user(u["user"], u["items"], persist=False)
+                elif self.graph:
                     graph.append({"item": str(e["item"]), "title": e.get("title", ""), "links": e["links"],
                                   "content": dict(e["content"])})
                 else:
                     self.add_item(e["item"], None, None, row=torch.tensor(e["row"]), persist=False,
                                   title=e.get("title", ""))
-            except (ValueError, KeyError, TypeError) as err:
+            except (ValueError, KeyError, TypeError, LookupError) as err:
                 if n == len(lines):
                     break                                # a last line cut by a kill: the item was never answered
                 raise UserError(f"{self.journal}:{n}: damaged journal line ({err}); remove the line") from None
-        if graph:
+        if graph or people:
             try:
-                self._add_graph_items(graph, persist=False)  # one rebuild for the whole journal
-            except (FoldInError, KeyError) as err:
+                self._add_graph_items(graph, persist=False, users=people)  # one rebuild for the whole journal
+            except (FoldInError, KeyError, LookupError) as err:
                 raise UserError(f"{self.journal}: {err}; remove that item's line") from None
 
     # ---- explanations
@@ -447,8 +530,10 @@ class Service:
         if self.name != "multikg4rec":
             return None
         from .explain import modality_report
-        model = self.bundle.model or self.bundle.build_model()
-        self.bundle.model = model
+        if self.grown is not None:                       # with added items or users: the grown model
+            model = self.grown[0]
+        else:
+            model = self.bundle.model = self.bundle.model or self.bundle.build_model()
         rep = modality_report(model, user)
         return {k: rep[k] for k in ("modality", "fusion", "score") if k in rep}
 
@@ -504,7 +589,8 @@ def create_app(bundle_path: str | Path):
         ok, why = svc.can_add_items()
         return [{"model": m["model"], "dataset": m["dataset"], "fingerprint": m["fingerprint"],
                  "test": m["metrics"].get("test"), "created": m["created"], "fold_in": fold_in_rule(svc.name),
-                 "can_add_items": ok, "add_items": why, "added_items": len(svc.added)}]
+                 "can_add_items": ok, "add_items": why, "added_items": len(svc.added),
+                 "added_users": len(svc.new_users)}]
 
     @app.get("/recommend")
     async def recommend_get(user: str, k: int = Query(20),
@@ -558,6 +644,17 @@ def create_app(bundle_path: str | Path):
         except ValueError as e:
             raise HTTPException(422, detail=f"text/image: {e}") from None
         return svc.item_json(idx)
+
+    @app.post("/users", status_code=201)
+    def add_user(body: NewUser):
+        try:
+            svc.add_user(body.user, body.items)
+        except KeyError as e:
+            raise HTTPException(409, detail=f"user: {e.args[0]}") from None
+        except LookupError as e:
+            msg = str(e)
+            raise HTTPException(404 if msg.startswith("items:") else 409, detail=msg) from None
+        return {"user": body.user, "items": len(set(body.items)), "fold_in": fold_in_rule(svc.name)}
 
     @app.get("/explain")
     def explain(user: str, item: str):

@@ -35,5 +35,6 @@ class BPRMF(Recommender):
         bpr = -F.logsigmoid(pos - neg).mean()
         return bpr + self.reg_weight * self.l2_reg(u, p, n)
 
-    def full_sort_predict(self, users):
-        return self.user_emb(users) @ self.item_emb.weight.T
+    def final_embeddings(self):
+        """Scores are inner products of the ID rows: users (n_users, d), items (n_items, d)."""
+        return self.user_emb.weight.detach(), self.item_emb.weight.detach()

@@ -80,5 +80,6 @@ class CKE(Recommender):
         rows = self.entity_emb(torch.stack([batch["heads"], batch["pos_tails"], batch["neg_tails"]], 1))
         return self.transr.triple_loss(rows, batch["relations"], self.kg_reg_weight)
 
-    def full_sort_predict(self, users):
-        return self.user_emb(users) @ self.item_vectors().T
+    def final_embeddings(self):
+        """Scores are y(u, i) = u^T e_i: users (n_users, d), items e_i = eta_i + v_i (n_items, d)."""
+        return self.user_emb.weight.detach(), self.item_vectors().detach()
