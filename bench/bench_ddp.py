@@ -1,8 +1,9 @@
 """Epoch time of data-parallel training (multikg4rec.distributed) against one process, in one invocation:
 1 process x 2 threads, 1 process x 1 thread, and 2 ranks x 1 thread (torchrun, gloo), each timing whole
 training epochs (``Trainer.train_epoch``: CF pass, KG pass, attention update; no evaluation) of the same model
-and data, with peak RSS per rank. Writes a table (ratios against 1 x 2 threads, and the seconds each epoch spends in the gradient
-all-reduce) to ``--write``.
+and data, with peak RSS per rank. Then two lone 1-thread processes at once (no communication): how much a
+one-thread epoch slows down when the other core is busy, which bounds what 2 ranks can gain. Writes a table
+(ratios against 1 x 2 threads, and the seconds each epoch spends in the gradient all-reduce) to ``--write``.
 
     python bench/bench_ddp.py --dataset ml-1m --models kgat multikg4rec --epochs 3 --write bench/results/ddp.md
 
@@ -67,16 +68,23 @@ def worker(args) -> None:
     distributed.shutdown()
 
 
-def launch(model: str, dataset: str, epochs: int, threads: int, nproc: int) -> dict:
+def launch(model: str, dataset: str, epochs: int, threads: int, nproc: int, copies: int = 1) -> list[dict]:
+    """One launch (``nproc`` ranks under torchrun, or one process); ``copies`` > 1 starts that many
+    independent one-process launches at once (no communication) and returns each one's result."""
     me = [str(Path(__file__).resolve()), "--worker", "--model", model, "--dataset", dataset, "--epochs", str(epochs),
           "--threads", str(threads)]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *me]
            if nproc > 1 else [sys.executable, *me])
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    if p.returncode:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for _ in range(copies)]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate()
+        if p.returncode:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{stderr[-3000:]}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
 
 
 def main() -> None:
@@ -91,7 +99,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    setups = (("1 process x 2 threads", 2, 1), ("1 process x 1 thread", 1, 1), ("2 ranks x 1 thread", 1, 2))
+    setups = (("1 process x 2 threads", 2, 1, 1), ("1 process x 1 thread", 1, 1, 1), ("2 ranks x 1 thread", 1, 2, 1),
+              ("2 lone processes x 1 thread at once (no DDP)", 1, 1, 2))
     lines = [f"## {args.dataset}: data-parallel epochs ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"`python bench/bench_ddp.py --dataset {args.dataset} --models {' '.join(args.models)} --epochs "
              f"{args.epochs}` on {platform.machine()}, {os.cpu_count()} cores; each setup a fresh launch, one "
@@ -99,18 +108,27 @@ def main() -> None:
              f"of every epoch's batches (global batch 2 x batch_size, half the steps).", "",
              "| model | setup | CF steps per rank | first epoch s | later epochs s (mean) | of which all-reduce s | "
              "speed-up vs 1 x 2 threads | peak RSS MB per rank |", "|---|---|---|---|---|---|---|---|"]
+    notes = []
     for m in args.models:
-        base = None
-        for name, threads, nproc in setups:
-            r = launch(m, args.dataset, args.epochs, threads, nproc)
-            later = r["seconds"][1:] or r["seconds"]
+        base, alone = None, {}
+        for name, threads, nproc, copies in setups:
+            rs = launch(m, args.dataset, args.epochs, threads, nproc, copies)
+            later = [x for r in rs for x in (r["seconds"][1:] or r["seconds"])]
             mean = sum(later) / len(later)
             base = base or mean
+            alone[copies, nproc, threads] = mean
+            r = rs[0]
             comm = f"{r['allreduce_s_per_epoch']:.1f}" if nproc > 1 else ""
+            speed = f"{base / mean:.2f}x" if copies == 1 else f"{2 * base / mean:.2f}x (two epochs at once)"
             lines.append(f"| {m} | {name} | {r['steps_per_epoch']} | {r['seconds'][0]:.1f} | {mean:.1f} | {comm} | "
-                         f"{base / mean:.2f}x | {', '.join(f'{x:.0f}' for x in r['rss_mb'])} |")
+                         f"{speed} | {', '.join(f'{x:.0f}' for r in rs for x in r['rss_mb'])} |")
             print(lines[-1], flush=True)
-    emit("\n".join(lines) + "\n", args.write)
+        one, pair = alone[1, 1, 1], alone[2, 1, 1]
+        notes.append(f"* {m}: a one-thread epoch takes {pair / one:.2f}x as long while a second one-thread process "
+                     f"trains beside it ({one:.1f} s alone, {pair:.1f} s side by side), with no communication at "
+                     f"all: the ceiling of 2 ranks x 1 thread over 1 x 1 thread on this machine is about "
+                     f"{2 * one / pair:.2f}x.")
+    emit("\n".join(lines + [""] + notes) + "\n", args.write)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ class Server:
     """`multikg4rec serve` in a subprocess, on a free loopback port."""
 
     def __init__(self, bundle: Path):
+        self.bundle = bundle
         self.port = _port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "multikg4rec.cli", "serve", "--bundle", str(bundle),
@@ -348,8 +349,17 @@ def test_the_page_in_a_real_browser(kgat_server, tmp_path):
         b.find_element(By.ID, "session-go").click()
         wait.until(EC.text_to_be_present_in_element((By.ID, "recs-title"), "session (1 items)"))
         assert len(b.find_elements(By.CSS_SELECTOR, "#recs li")) == 10
+        b.find_element(By.ID, "new-user").send_keys("page-user")          # the session kept as a named user
+        b.find_element(By.ID, "save-user").click()
+        wait.until(EC.text_to_be_present_in_element((By.ID, "recs-title"), "Top 10 for user page-user"))
+        want = [it["title"] for it in kgat_server.get("/recommend?user=page-user&k=10").json()["items"]]
+        assert [e.text for e in b.find_elements(By.CSS_SELECTOR, "#recs li .title")] == want
+        b.find_elements(By.CSS_SELECTOR, "#recs li")[0].click()
+        wait.until(lambda d: "user page-user -[interact]->" in d.find_element(By.ID, "why").text
+                   or "No KG path" in d.find_element(By.ID, "why").text)
         shot = os.environ.get("MULTIKG4REC_SCREENSHOT")
         if shot:
             b.save_screenshot(shot)
     finally:
         b.quit()
+        (kgat_server.bundle / "journal.jsonl").unlink(missing_ok=True)
