@@ -123,11 +123,12 @@ def main() -> None:
             lines.append(f"| {m} | {name} | {r['steps_per_epoch']} | {r['seconds'][0]:.1f} | {mean:.1f} | {comm} | "
                          f"{speed} | {', '.join(f'{x:.0f}' for r in rs for x in r['rss_mb'])} |")
             print(lines[-1], flush=True)
-        one, pair = alone[1, 1, 1], alone[2, 1, 1]
+        one, pair, two = alone[1, 1, 1], alone[2, 1, 1], alone[1, 1, 2]   # keys: (copies, ranks, threads)
         notes.append(f"* {m}: a one-thread epoch takes {pair / one:.2f}x as long while a second one-thread process "
                      f"trains beside it ({one:.1f} s alone, {pair:.1f} s side by side), with no communication at "
-                     f"all: the ceiling of 2 ranks x 1 thread over 1 x 1 thread on this machine is about "
-                     f"{2 * one / pair:.2f}x.")
+                     f"all. Two ranks that split an epoch perfectly and never wait would take {pair / 2:.1f} s: "
+                     f"{2 * one / pair:.2f}x over 1 x 1 thread and {2 * two / pair:.2f}x over 1 x 2 threads, the "
+                     f"ceiling of data parallelism here; 2 ranks measured {two / alone[1, 2, 1]:.2f}x.")
     emit("\n".join(lines + [""] + notes) + "\n", args.write)
 
 

@@ -59,6 +59,27 @@ class Server:
         self.proc.wait(timeout=30)
 
 
+def _links_of_the_most_linked_item(ds) -> list[dict]:
+    """The KG triples of the item with the most (as head), as a new item's links."""
+    x = int(np.bincount(ds.kg[ds.kg[:, 0] < ds.n_items, 0]).argmax())
+    tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
+    return [{"relation": str(ds.relation_tokens[r]), "entity": tok(t)} for h, r, t in ds.kg if h == x]
+
+
+def _scores(server, path: str) -> dict:
+    return {it["item"]: it["score"] for it in server.get(path).json()["items"]}
+
+
+def _same_after_a_kill(server, path: str) -> "Server":
+    """SIGKILL the server and start it again on its bundle: ``path`` answers the same scores. Returns the new
+    server."""
+    before = _scores(server, path)
+    server.stop(signal.SIGKILL)
+    server = Server(server.bundle)
+    assert _scores(server, path) == pytest.approx(before)
+    return server
+
+
 @pytest.fixture(scope="module")
 def runs(data_dir, tmp_path_factory):
     """A KGAT run (warm, ml-100k), a content-KNN run (cold items, MiniLM text) and a BPR-MF run, each exported."""
@@ -177,9 +198,7 @@ def test_a_kg_model_takes_a_new_item_through_its_links_and_replays_it_after_a_ki
     from multikg4rec.serve import Service
     bundle = runs["kgat"][1]
     ds = Service(bundle).bundle.dataset
-    x = int(np.bincount(ds.kg[ds.kg[:, 0] < ds.n_items, 0]).argmax())          # the item with most KG edges
-    tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
-    links = [{"relation": str(ds.relation_tokens[r]), "entity": tok(t)} for h, r, t in ds.kg if h == x]
+    links = _links_of_the_most_linked_item(ds)
     s = Server(bundle)
     try:
         r = s.post("/items", json={"item": "linked-new", "text": "A new film", "links": links})
@@ -187,17 +206,14 @@ def test_a_kg_model_takes_a_new_item_through_its_links_and_replays_it_after_a_ki
         assert r.json()["item"] == "linked-new" and r.json()["title"] == "A new film"
         n = s.get("/health").json()["items"]
         assert n == ds.n_items + 1
-        scores = {it["item"]: it["score"] for it in s.get(f"/recommend?user=1&k={n}").json()["items"]}
+        scores = _scores(s, f"/recommend?user=1&k={n}")
         assert "linked-new" in scores and np.isfinite(scores["linked-new"])
         assert s.get("/items?q=a new film").json()["items"][0]["item"] == "linked-new"
         paths = s.get("/explain?user=1&item=linked-new").json()["paths"]       # drawn on the grown CKG
         assert paths and all(p["path"][-1]["item"] == "linked-new" for p in paths)
         assert {p["path"][2]["entity"] for p in paths} <= {link["entity"] for link in links} | \
             {f"item {link['entity']}" for link in links}
-        s.stop(signal.SIGKILL)
-        s = Server(bundle)
-        again = {it["item"]: it["score"] for it in s.get(f"/recommend?user=1&k={n}").json()["items"]}
-        assert again == pytest.approx(scores)
+        s = _same_after_a_kill(s, f"/recommend?user=1&k={n}")
     finally:
         s.stop()
         (bundle / "journal.jsonl").unlink(missing_ok=True)
@@ -233,10 +249,7 @@ def test_a_new_item_gets_the_row_the_cold_start_evaluation_gives_and_survives_a_
         assert took < 30
         assert s.post("/items", json={"item": "brand-new", "text": "again"}).status_code == 409
         assert s.post("/items", json={"item": "x", "image": "../manifest.json"}).status_code == 404
-        s.stop(signal.SIGKILL)
-        s = Server(bundle)
-        again = {it["item"]: it["score"] for it in s.get(f"/recommend?user={user}&k={n}").json()["items"]}
-        assert again["brand-new"] == pytest.approx(scores["brand-new"])
+        s = _same_after_a_kill(s, f"/recommend?user={user}&k={n}")
     finally:
         s.stop()
         (bundle / "journal.jsonl").unlink(missing_ok=True)
@@ -265,17 +278,11 @@ def test_a_named_new_user_is_the_sessions_fold_in_and_survives_items_added_after
         assert s.post("/users", json={"user": "alice", "items": mine}).status_code == 409
         assert s.post("/users", json={"user": "bob", "items": ["no-such-item"]}).status_code == 404
         if model == "kgat":
-            x = int(np.bincount(ds.kg[ds.kg[:, 0] < ds.n_items, 0]).argmax())
-            tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
-            links = [{"relation": str(ds.relation_tokens[r]), "entity": tok(t)} for h, r, t in ds.kg if h == x]
+            links = _links_of_the_most_linked_item(ds)
             assert s.post("/items", json={"item": "later", "links": links}).status_code == 201
             assert s.get("/explain?user=alice&item=later").status_code == 200
         n = s.get("/health").json()["items"]
-        before = {it["item"]: it["score"] for it in s.get(f"/recommend?user=alice&k={n - 5}").json()["items"]}
-        s.stop(signal.SIGKILL)
-        s = Server(bundle)
-        after = {it["item"]: it["score"] for it in s.get(f"/recommend?user=alice&k={n - 5}").json()["items"]}
-        assert after == pytest.approx(before)
+        s = _same_after_a_kill(s, f"/recommend?user=alice&k={n - 5}")
     finally:
         s.stop()
         (bundle / "journal.jsonl").unlink(missing_ok=True)
