@@ -66,6 +66,7 @@ def test_a_new_item_copying_a_cold_item_is_built_as_that_item(trained):
     x = _cold_item(ds, feats)
     with torch.no_grad():
         model.node_emb.weight[x] = 0
+        model.update_attention()                  # the trained attention follows its rows, as after an epoch
     new, g = grow(model, ds, feats, items=[_twin(ds, feats, x)])
     xn = int(g.new_items[0])
     assert xn == ds.n_items and g.ent_map[ds.n_items] == ds.n_items + 1      # entities moved up by one
@@ -116,16 +117,22 @@ def test_unknown_links_are_refused(trained):
         grow(model, ds, feats, items=[NewItem("x", [(str(ds.relation_tokens[0]), str(ds.item_tokens[0]), "up")])])
 
 
-def test_multikg4rec_reuses_the_trained_items_fused_rows_with_the_same_result(trained):
-    """The fast path (``reuse``: trained items' fused chunks taken from the trained model, one BFS for the new
-    items only) gives every scoring row a full rebuild gives, and the trained items keep their sequences."""
-    model, ds, feats = trained["multikg4rec"]
+@pytest.mark.parametrize("name", ["kgat", "multikg4rec"])
+def test_reusing_the_trained_model_gives_what_a_full_rebuild_gives(trained, name):
+    """The fast path (``reuse``: the attention of untouched heads and Multi-KG4Rec's fused chunks taken from the
+    trained model, one BFS for the new items only) gives every attention value and scoring row a full rebuild
+    gives; the trained items keep their sequences."""
+    model, ds, feats = trained[name]
     x = _cold_item(ds, feats)
     add = dict(items=[_twin(ds, feats, x)], users=[("new", ds.train_csr[0].indices.tolist())])
     fast, g = grow(model, ds, feats, **add)
     full, _ = grow(model, ds, feats, reuse=False, **add)
-    assert ds.n_items > 1024                          # the trained rows span a reused chunk and a re-fused one
+    for t in fast.attention_tables:
+        a, b = getattr(fast, f"att_{t}"), getattr(full, f"att_{t}")
+        assert torch.equal(a, b) and not torch.equal(a, fast.uniform_attention())
     for a, b in zip(fast.scoring_rows(), full.scoring_rows()):
         assert torch.equal(a, b)
-    assert torch.equal(fast.seq[: ds.n_items], torch.from_numpy(g.node_map)[model.seq])
-    assert fast.seq_mask[-1].sum() > 1                 # the new item's own BFS reached its linked entities
+    if name == "multikg4rec":
+        assert ds.n_items > 1024                      # the trained rows span a reused chunk and a re-fused one
+        assert torch.equal(fast.seq[: ds.n_items], torch.from_numpy(g.node_map)[model.seq])
+        assert fast.seq_mask[-1].sum() > 1             # the new item's own BFS reached its linked entities

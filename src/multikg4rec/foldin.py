@@ -150,7 +150,8 @@ def grow(model, dataset, features: dict | None, items: list[NewItem] = (),
     """The model rebuilt over ``dataset`` grown by ``items`` and ``users``, its trained weights carried over
     and its attention recomputed, in eval mode with its scoring rows ready. Returns (model, Grown).
     ``reuse``: take what the new nodes cannot change from ``model`` (``adopt``: Multi-KG4Rec's fused rows of
-    the trained items) rather than recompute it; the result is the same either way (``tests/test_foldin.py``)."""
+    the trained items; ``adopt_attention``: the attention of every head no new edge touches) rather than
+    recompute it; the result is the same either way (``tests/test_foldin.py``)."""
     from .models import build_model
     name = model.config["model"]
     if name not in GROWABLE:
@@ -164,6 +165,9 @@ def grow(model, dataset, features: dict | None, items: list[NewItem] = (),
         if reuse and hasattr(new, "adopt"):
             new.adopt(model, g)
         if getattr(new, "attention_tables", ()):
-            new.update_attention()
+            if reuse:
+                new.adopt_attention(model, g)                # only the heads the new edges touch
+            else:
+                new.update_attention()
         new.prepare_eval()
     return new, g

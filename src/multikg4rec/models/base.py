@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from ..data import Dataset
 from ..errors import UserError
-from ..nn import KnowledgeAwareAttention, sum_of_squares
+from ..nn import KnowledgeAwareAttention, segment_softmax, sum_of_squares
 
 
 class Recommender(nn.Module):
@@ -235,6 +235,38 @@ class KnowledgeRecommender(Recommender):
             return
         for t, (x, transr) in (inputs if inputs is not None else self.attention_inputs()).items():
             getattr(self, f"att_{t}").copy_(self.attention(x, transr).values)
+
+    @torch.no_grad()
+    def adopt_attention(self, trained, g) -> None:
+        """Fold-in (``multikg4rec.foldin``), after the trained weights are loaded: this model's CKG is
+        ``trained``'s grown by new nodes and their edges, and the rows its attention reads are unchanged
+        for the old nodes. So every head the new edges do not touch keeps ``trained``'s attention, and only
+        the heads of new edges are scored and normalised again: what :meth:`update_attention` gives, for a
+        fraction of the edges."""
+        if not self.use_attention:
+            return                                          # uniform, as built
+        old, new = trained.dataset, self.dataset
+        n_tr, n_tu = len(old.train), len(new.train) - len(old.train)
+        fwd, fwd2 = n_tr + len(old.kg), len(new.train) + len(new.kg)      # forward halves (Dataset.ckg order)
+        i = trained.attention.structure.perm                               # old CSR position -> old input edge
+        half = (i >= fwd).long()
+        j = i - half * fwd
+        i2 = j + (j >= n_tr).long() * n_tu + half * fwd2                   # its input index in the grown CKG
+        st = self.attention.structure
+        where = torch.empty_like(st.perm)
+        where[st.perm] = torch.arange(st.perm.shape[0])                    # grown input edge -> CSR position
+        kept = where[i2]
+        fresh = torch.ones(st.perm.shape[0], dtype=torch.bool)
+        fresh[kept] = False
+        touched = torch.zeros(self.attention.n_nodes, dtype=torch.bool)
+        touched[st.row[fresh]] = True
+        redo = touched[st.row].nonzero().squeeze(1)                        # every edge of a touched head
+        for t, (x, transr) in self.attention_inputs().items():
+            att = torch.zeros(st.perm.shape[0])
+            att[kept] = getattr(trained, f"att_{t}")
+            pi = self.attention.scores(x, transr, edges=redo)
+            att[redo] = segment_softmax(pi, st.row[redo], self.attention.n_nodes)
+            getattr(self, f"att_{t}").copy_(att)
 
     def on_epoch_end(self, epoch: int) -> None:
         """The attentive models recompute their attention after each epoch's updates (as the

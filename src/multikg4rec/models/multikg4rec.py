@@ -356,12 +356,18 @@ class MultiKG4Rec(KnowledgeRecommender):
 
     # ------------------------------------------------------------------ §4 propagation
     @torch.no_grad()
+    def attention_inputs(self) -> dict:
+        """Each table's layer-0 rows (fused item rows, exact) and its TransR."""
+        l0 = self.exact_layer0()
+        return {t: (l0[t], self.transr[t]) for t in self.tables}
+
+    @torch.no_grad()
     def update_attention(self) -> None:
         """Recompute pi(h, r, t) and its per-head softmax per table (docs/model.md (12)-(13)) from the
         current layer-0 tables (fused item rows) and TransR parameters."""
-        l0 = self.exact_layer0()
-        super().update_attention({t: (l0[t], self.transr[t]) for t in self.tables})
-        self._diag = self._state_summary(l0)
+        inputs = self.attention_inputs()
+        super().update_attention(inputs)
+        self._diag = self._state_summary({t: x for t, (x, _) in inputs.items()})
 
     @torch.no_grad()
     def exact_layer0(self) -> dict[str, torch.Tensor]:

@@ -84,8 +84,9 @@ class KnowledgeAwareAttention(nn.Module):
         self.structure = self.structure.map_tensors(fn)        # model.to(device) moves the graph too
         return out
 
-    def scores(self, x: torch.Tensor, transr: TransR) -> torch.Tensor:
-        """Unnormalised ``pi(h, r, t)`` per edge, CSR order. x: (n_nodes, entity_dim) -> (E,).
+    def scores(self, x: torch.Tensor, transr: TransR, edges: torch.Tensor | None = None) -> torch.Tensor:
+        """Unnormalised ``pi(h, r, t)`` per edge, CSR order. x: (n_nodes, entity_dim) -> (E,), or
+        (len(edges),) for the CSR positions ``edges`` only (each edge's value is the same either way).
 
         ``W_r e`` and ``tanh(W_r e_h + e_r)`` are computed once per (relation, node) slot;
         each edge then costs one gathered dot product. Without autograd the dot products
@@ -93,17 +94,18 @@ class KnowledgeAwareAttention(nn.Module):
         proj = torch.cat([x[n] @ transr.W[r] for n, r in
                           zip(torch.split(self.slot_nodes, self.rel_sizes), self.rel_list)])  # (S, d_r): W_r e
         query = torch.tanh(proj + transr.relation_emb.index_select(0, self.slot_rel))   # (S, d_r): tanh(W_r e_h + e_r)
-        E, ch = self.n_edges, self.chunk_size
+        h_slot, t_slot = (self.h_slot, self.t_slot) if edges is None else (self.h_slot[edges], self.t_slot[edges])
+        E, ch = h_slot.shape[0], self.chunk_size
         if torch.is_grad_enabled() and query.requires_grad:
             if not E:
                 return x.new_zeros(0)
-            return torch.cat([(query.index_select(0, self.h_slot[s:s + ch])
-                               * proj.index_select(0, self.t_slot[s:s + ch])).sum(-1)
+            return torch.cat([(query.index_select(0, h_slot[s:s + ch])
+                               * proj.index_select(0, t_slot[s:s + ch])).sum(-1)
                               for s in range(0, E, ch)])                  # KGAT Eq. 4
         out = query.new_empty(E)
         a, b = query.new_empty(min(ch, E), query.shape[1]), query.new_empty(min(ch, E), query.shape[1])
         for s in range(0, E, ch):
-            hs, ts = self.h_slot[s:s + ch], self.t_slot[s:s + ch]
+            hs, ts = h_slot[s:s + ch], t_slot[s:s + ch]
             m = hs.shape[0]
             torch.index_select(query, 0, hs, out=a[:m])
             torch.index_select(proj, 0, ts, out=b[:m])
