@@ -33,16 +33,14 @@ def child(bundle: Path, repeats: int) -> dict:
 
     import torch
     torch.set_num_threads(1)
+    from benchlib import most_linked_item
     from multikg4rec.bundle import Bundle
     from multikg4rec.foldin import NewItem, grow
     from multikg4rec.rundir import run_features
     b = Bundle(bundle)
     ds, feats = b.dataset, run_features(bundle)
     model = b.build_model()
-    kg = ds.kg[ds.kg[:, 0] < ds.n_items]
-    x = int(np.bincount(kg[:, 0]).argmax())
-    tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
-    links = [(str(ds.relation_tokens[r]), tok(t)) for _, r, t in kg[kg[:, 0] == x]]
+    x, links = most_linked_item(ds)
     content = {m: v[x] for m, (v, mask) in (feats or {}).items() if mask[x]}
     session = np.random.default_rng(0).choice(ds.n_items, 5, replace=False).tolist()
     cases = {"new item": lambda: grow(model, ds, feats, items=[NewItem("bench-new", links, content)]),

@@ -114,15 +114,12 @@ async def status_of(response_cm) -> int:
 def graph_links(bundle: Path, model: str) -> list[dict]:
     """For a graph model (multikg4rec.foldin): the KG triples of the bundle's item with the most, as a new
     item's links; none for the other models."""
+    from benchlib import most_linked_item
     from multikg4rec.bundle import Bundle
     from multikg4rec.foldin import GROWABLE
     if model not in GROWABLE:
         return []
-    ds = Bundle(bundle).dataset
-    kg = ds.kg[ds.kg[:, 0] < ds.n_items]
-    x = int(np.bincount(kg[:, 0]).argmax())
-    tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
-    return [{"relation": str(ds.relation_tokens[r]), "entity": tok(t)} for _, r, t in kg[kg[:, 0] == x]]
+    return [{"relation": r, "entity": e} for r, e in most_linked_item(Bundle(bundle).dataset)[1]]
 
 
 def main() -> None:

@@ -45,6 +45,16 @@ def run_child(code: str, *argv) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+def most_linked_item(ds) -> tuple[int, list[tuple[str, str]]]:
+    """The item with the most KG triples as head, and those triples as (relation, entity token) links: the
+    new item the serving benchmarks add."""
+    import numpy as np
+    kg = ds.kg[ds.kg[:, 0] < ds.n_items]
+    x = int(np.bincount(kg[:, 0]).argmax())
+    tok = lambda e: str(ds.entity_tokens[e]) or str(ds.item_tokens[e])
+    return x, [(str(ds.relation_tokens[r]), tok(t)) for _, r, t in kg[kg[:, 0] == x]]
+
+
 def rss_mb() -> float:
     """This process's resident set now, MB."""
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -91,6 +91,18 @@ def grow_dataset(ds, items: list[NewItem] = (), users: list[tuple[str, list[int]
     return Grown(grown, ent_map, node_map, n_i + np.arange(a), n_u + np.arange(len(users)))
 
 
+def ckg_edge_map(old, grown) -> torch.Tensor:
+    """The index in ``grown.ckg()`` of each edge of ``old.ckg()``, for ``grown`` made by :func:`grow_dataset`:
+    both list interact edges (train order) then KG triples, then the same inverted (``Dataset.ckg``), and
+    the grown dataset appends its new users' interactions after the train and its new triples after the KG."""
+    n_tr, n_tu = len(old.train), len(grown.train) - len(old.train)
+    fwd, fwd2 = n_tr + len(old.kg), len(grown.train) + len(grown.kg)      # the forward halves
+    i = torch.arange(2 * fwd)
+    half = (i >= fwd).long()
+    j = i - half * fwd
+    return j + (j >= n_tr).long() * n_tu + half * fwd2
+
+
 def grow_features(features: dict | None, n_items: int, items: list[NewItem]) -> dict | None:
     """The aligned features with the new items' rows inserted after the items (mask False: no content)."""
     if features is None:

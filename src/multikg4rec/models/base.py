@@ -243,15 +243,11 @@ class KnowledgeRecommender(Recommender):
         for the old nodes. So every head the new edges do not touch keeps ``trained``'s attention, and only
         the heads of new edges are scored and normalised again: what :meth:`update_attention` gives, for a
         fraction of the edges."""
+        from ..foldin import ckg_edge_map
         if not self.use_attention:
             return                                          # uniform, as built
-        old, new = trained.dataset, self.dataset
-        n_tr, n_tu = len(old.train), len(new.train) - len(old.train)
-        fwd, fwd2 = n_tr + len(old.kg), len(new.train) + len(new.kg)      # forward halves (Dataset.ckg order)
-        i = trained.attention.structure.perm                               # old CSR position -> old input edge
-        half = (i >= fwd).long()
-        j = i - half * fwd
-        i2 = j + (j >= n_tr).long() * n_tu + half * fwd2                   # its input index in the grown CKG
+        # old CSR position -> old CKG edge -> its index in the grown CKG
+        i2 = ckg_edge_map(trained.dataset, self.dataset)[trained.attention.structure.perm]
         st = self.attention.structure
         where = torch.empty_like(st.perm)
         where[st.perm] = torch.arange(st.perm.shape[0])                    # grown input edge -> CSR position

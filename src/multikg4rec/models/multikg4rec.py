@@ -133,7 +133,7 @@ class MultiKG4Rec(KnowledgeRecommender):
             if sequences is None:
                 seq, seq_mask = bfs_sequences(ckg, np.arange(self.n_items), int(config["seq_len"]),
                                               seed=int(config.get("seed") or 0))
-            else:                                                            # given (fold-in: sequences_for)
+            else:                                                            # given (fold-in: fold_in_inputs)
                 seq, seq_mask = sequences
             self.register_buffer("seq", seq, persistent=False)               # (n_items, N) CKG node ids
             self.register_buffer("seq_mask", seq_mask, persistent=False)     # (n_items, N) True = real node
@@ -316,6 +316,7 @@ class MultiKG4Rec(KnowledgeRecommender):
         if self.use_fusion:
             self.exact_fused()
 
+    @torch.no_grad()
     def adopt(self, trained, g) -> None:
         """Fold-in, after the trained weights are loaded: the trained items' inputs to the fusion are
         unchanged, so their complete FUSE_CHUNK chunks of fused rows are ``trained``'s and only the chunks
@@ -323,8 +324,7 @@ class MultiKG4Rec(KnowledgeRecommender):
         if not self.use_fusion:
             return
         start = (trained.n_items // FUSE_CHUNK) * FUSE_CHUNK
-        with torch.no_grad():
-            z = self._fuse_all_nograd(self.pre_tables(), start, trained.exact_fused())
+        z = self._fuse_all_nograd(self.pre_tables(), start, trained.exact_fused())
         self._exact = (self._param_key(), z)
 
     def _fused_items(self, pre, items: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -371,7 +371,7 @@ class MultiKG4Rec(KnowledgeRecommender):
 
     @torch.no_grad()
     def exact_layer0(self) -> dict[str, torch.Tensor]:
-        """Layer-0 tables with every item fused exactly (no cache): dict t -> (n_nodes, d)."""
+        """Layer-0 tables with every item fused exactly (``exact_fused``): dict t -> (n_nodes, d)."""
         pre = self.pre_tables()
         return self.layer0(pre, self.exact_fused(pre) if self.use_fusion else None)
 
